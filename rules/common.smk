@@ -1,0 +1,89 @@
+# Config validation (before any job), target lists, wildcard constraints and input functions.
+# Nothing here scans the filesystem: every cluster job re-parses this file.
+
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under --software-deployment-method conda
+
+from stitchlib import config as sconf
+from stitchlib.pipeline import network_spec
+from stitchlib.report import MEASURES
+
+try:
+    config.update(sconf.validate(config))
+except sconf.ConfigError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
+
+R = config["results"]
+THREADS = config["threads"]
+
+
+wildcard_constraints:
+    dataset="[A-Za-z][A-Za-z0-9_]*",
+    net="[A-Za-z][A-Za-z0-9_]*-s[0-9]+",
+    src="[A-Za-z][A-Za-z0-9_]*-s[0-9]+",
+    tgt="[A-Za-z][A-Za-z0-9_]*-s[0-9]+",
+    split="train|test",
+    arch="[A-Za-z][A-Za-z0-9_]*",
+    setting="intra|inter",
+    slug="[a-z0-9_]+",
+
+
+def ckpt(dataset, net):
+    return f"{R}/models/{dataset}/{net}.pt"
+
+
+def acts(dataset, net, split):
+    return f"{R}/activations/{dataset}/{net}/{split}.h5"
+
+
+def stitch_file(dataset, method, src, tgt, ext):
+    return f"{R}/stitching/{dataset}/{method}/{src}__{tgt}.{ext}"
+
+
+def pairs():
+    """Every (source, target) network pair the config asks for, once each."""
+    seen = {}
+    for setting in config["stitching"]["settings"]:
+        for p in sconf.network_pairs(config, setting):
+            seen[p] = None
+    return list(seen)
+
+
+def stitching_csvs(dataset):
+    return [stitch_file(dataset, m, s, t, "csv") for m in config["stitching"]["methods"] for s, t in pairs()]
+
+
+def stitching_measures():
+    methods = config["stitching"]["methods"]
+    return (["TLM"] if "tlm" in methods else []) + (["DM (func.)", "DM (struct.)"] if "dm" in methods else [])
+
+
+def heatmap_specs():
+    """(measure, architecture, setting) of every heatmap, in the order of heatmaps(dataset)."""
+    return [(m, arch, setting) for m in stitching_measures() for arch in config["architectures"]
+            for setting in config["stitching"]["settings"]]
+
+
+def heatmaps(dataset):
+    return [f"{R}/figures/{dataset}/{setting}/{arch}/{MEASURES[m].slug}.png" for m, arch, setting in heatmap_specs()]
+
+
+def table1(dataset):
+    return [f"{R}/tables/{dataset}/table1.csv", f"{R}/tables/{dataset}/table1.md"]
+
+
+def all_targets():
+    return [f for d in config["datasets"] for f in table1(d) + heatmaps(d)]
+
+
+def pair_inputs(w):
+    return {
+        "src_train": acts(w.dataset, w.src, "train"),
+        "tgt_train": acts(w.dataset, w.tgt, "train"),
+        "src_test": acts(w.dataset, w.src, "test"),
+        "tgt_test": acts(w.dataset, w.tgt, "test"),
+        "tgt_ckpt": ckpt(w.dataset, w.tgt),
+    }

@@ -1,0 +1,43 @@
+# Networks: seeded training, then every stitch point's activations cached to HDF5.
+
+
+rule train:
+    output:
+        ckpt=f"{R}/models/{{dataset}}/{{net}}.pt",
+        metrics=f"{R}/models/{{dataset}}/{{net}}.json",
+    params:
+        spec=lambda w: network_spec(config, w.dataset, w.net),
+        settings=lambda w: sconf.train_settings(config, sconf.parse_network(w.net)[0]),
+        device=config["device"],
+    log:
+        f"{R}/logs/train/{{dataset}}/{{net}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule extract:
+    input:
+        ckpt=lambda w: ckpt(w.dataset, w.net),
+    output:
+        train=f"{R}/activations/{{dataset}}/{{net}}/train.h5",
+        test=f"{R}/activations/{{dataset}}/{{net}}/test.h5",
+    params:
+        spec=lambda w: network_spec(config, w.dataset, w.net),
+        settings=config["extract"],
+        device=config["device"],
+    log:
+        f"{R}/logs/extract/{{dataset}}/{{net}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/extract.py"

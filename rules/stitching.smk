@@ -1,0 +1,49 @@
+# Stitching: one job per (source network, target network, method) covers every layer pair, so the
+# ≈ 2.3 s start-up of a torch job is paid once per network pair, not once per stitch.
+
+
+rule dm:
+    input:
+        unpack(pair_inputs),
+    output:
+        stitches=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.pt",
+        csv=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.csv",
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        settings=config["dm"],
+        device=config["device"],
+    log:
+        f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/stitch.py"
+
+
+rule tlm:
+    input:
+        unpack(pair_inputs),
+        dm=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.pt",
+    output:
+        stitches=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.pt",
+        csv=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.csv",
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        settings=config["tlm"],
+        device=config["device"],
+    log:
+        f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/stitch.py"

@@ -1,0 +1,149 @@
+"""Configuration: schema validation with defaults, semantic checks, and the experiment grid it implies.
+
+``validate(cfg)`` fills defaults from ``config.schema.yaml`` and raises :class:`ConfigError` with the
+key path (``tlm.epochs``, ``architectures.vit.layers[2]``) for wrong types, unknown keys, unknown
+dataset / architecture names, layers that do not exist, or a K larger than the training split. It is
+cheap and torch-free, so the Snakefile runs it before any job.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from itertools import permutations
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stitchlib import catalog
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+DIGITS_TRAIN_SIZE = 1400
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the offending key path."""
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    base = jsonschema.Draft202012Validator
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    cls = jsonschema.validators.extend(base, {"properties": fill_defaults})
+    return cls(schema)
+
+
+def _path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of ``cfg`` with every default filled in."""
+    cfg = copy.deepcopy(cfg) if cfg is not None else {}
+    # Defaults must be filled on a first pass before errors are meaningful (unevaluated props etc.).
+    errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        raise ConfigError(f"config key {_path(e.absolute_path)}: {e.message}")
+    _check_semantics(cfg)
+    return cfg
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return validate(raw)
+
+
+def _check_semantics(cfg: dict[str, Any]) -> None:
+    for name, d in cfg["datasets"].items():
+        try:
+            catalog.dataset(name)
+            catalog.check_dataset(name, d["root"], d["download"], where=f"datasets.{name}")
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(str(e) if str(e).startswith("datasets.") else f"datasets.{name}: {e}") from None
+    for arch, a in cfg["architectures"].items():
+        where = f"architectures.{arch}"
+        try:
+            catalog.architecture_params(a["family"], a["params"], where)
+            names = catalog.layer_names(a["family"], a["params"])
+        except ValueError as e:
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+        for i, layer in enumerate(a["layers"] or []):
+            if layer not in names:
+                raise ConfigError(f"{where}.layers[{i}]: {a['family']} has no layer {layer!r}; layers: {names}")
+        if a["layers"] and [n for n in names if n in a["layers"]] != a["layers"]:
+            raise ConfigError(f"{where}.layers: list the layers once each, in network order {names}")
+        if a["family"] == "vit":
+            for ds, d in cfg["datasets"].items():
+                size = d["image_size"] or catalog.dataset(ds).image_size
+                patch = catalog.architecture_params("vit", a["params"])["patch_size"]
+                if size % patch:
+                    raise ConfigError(f"{where}.params.patch_size: {patch} does not divide the image size {size} "
+                                      f"of dataset {ds!r}")
+    if cfg["tlm"].get("augment", "none") != "none":
+        raise ConfigError("tlm.augment: TLM trains on cached source activations; augmentation is not supported")
+    k = cfg["dm"]["samples"]
+    if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
+        raise ConfigError(f"dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
+    if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
+        raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def network_id(arch: str, seed: int) -> str:
+    return f"{arch}-s{seed}"
+
+
+def parse_network(net: str) -> tuple[str, int]:
+    arch, _, seed = net.rpartition("-s")
+    return arch, int(seed)
+
+
+def networks(cfg: dict[str, Any]) -> list[str]:
+    return [network_id(a, s) for a in cfg["architectures"] for s in cfg["seeds"]]
+
+
+def network_pairs(cfg: dict[str, Any], setting: str) -> list[tuple[str, str]]:
+    """(source, target) network pairs: intra = (n, n); inter = ordered pairs of different seeds."""
+    out = []
+    for arch in cfg["architectures"]:
+        if setting == "intra":
+            out += [(network_id(arch, s), network_id(arch, s)) for s in cfg["seeds"]]
+        else:
+            out += [(network_id(arch, s), network_id(arch, t)) for s, t in permutations(cfg["seeds"], 2)]
+    return out
+
+
+def train_settings(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The top-level train settings with the architecture's overrides applied."""
+    return {**cfg["train"], **(cfg["architectures"][arch].get("train") or {})}
+
+
+def layers(cfg: dict[str, Any], arch: str) -> list[str]:
+    a = cfg["architectures"][arch]
+    return a["layers"] or catalog.layer_names(a["family"], a["params"])
+
+
+def image_size(cfg: dict[str, Any], dataset: str) -> int:
+    return cfg["datasets"][dataset]["image_size"] or catalog.dataset(dataset).image_size

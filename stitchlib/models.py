@@ -1,0 +1,175 @@
+"""Architectures and their layer registry.
+
+Every network is a :class:`Stitchable`: ``prefix`` (stem / patch embedding), an ordered list of
+``blocks`` whose outputs are the stitch points ("layers"), and a ``head``. Hence
+
+    front(x, i) = f≤i(x) = blocks[i](… blocks[0](prefix(x)))
+    back(h, i)  = f>i(h) = head(blocks[-1](… blocks[i+1](h)))
+
+and ``back(front(x, i), i) == model(x)`` exactly: the same operations in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from stitchlib import catalog
+
+
+class Stitchable(nn.Module):
+    """A network cut into prefix → blocks → head; the block outputs are the stitch points."""
+
+    layer_names: list[str]
+    layout: str  # 'conv' (N, C, H, W) or 'tokens' (N, T, D)
+    blocks: nn.ModuleList
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer_index(self, layer: str | int) -> int:
+        if isinstance(layer, int):
+            if not 0 <= layer < len(self.layer_names):
+                raise IndexError(f"layer index {layer} out of range 0..{len(self.layer_names) - 1}")
+            return layer
+        try:
+            return self.layer_names.index(layer)
+        except ValueError:
+            raise KeyError(f"{type(self).__name__} has no layer {layer!r}; layers: {self.layer_names}") from None
+
+    def front(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
+        h = self.prefix(x)
+        for block in self.blocks[: self.layer_index(layer) + 1]:
+            h = block(h)
+        return h
+
+    def back(self, h: torch.Tensor, layer: str | int) -> torch.Tensor:
+        for block in self.blocks[self.layer_index(layer) + 1:]:
+            h = block(h)
+        return self.head(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.back(self.front(x, 0), 0)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and every stitch point's activation, in one pass."""
+        h, outs = self.prefix(x), []
+        for block in self.blocks:
+            h = block(h)
+            outs.append(h)
+        return self.head(h), outs
+
+
+# ----------------------------------------------------------------------------- CIFAR ResNets
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(Stitchable):
+    """ResNet with a CIFAR stem (3×3 stride-1 conv, no max-pool), 4 stages of widths w, 2w, 4w, 8w.
+
+    ``blocks=(2, 2, 2, 2)`` is ResNet-18 (paper 1); paper 3's R_abcd nets use other counts. Stitch
+    points are the block outputs after each block's final ReLU, named ``layer{stage}.{block}``.
+    """
+
+    layout = "conv"
+
+    def __init__(self, num_classes: int, width: int = 64, stage_blocks: tuple[int, ...] = (2, 2, 2, 2)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks, c_in = [], width
+        for s, n in enumerate(stage_blocks):
+            c_out = width * 2 ** s
+            for b in range(n):
+                blocks.append(BasicBlock(c_in, c_out, 2 if (b == 0 and s > 0) else 1))
+                c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.layer_names = catalog.resnet_layer_names(stage_blocks)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def prefix(self, x):
+        return self.stem(x)
+
+    def head(self, h):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+# ----------------------------------------------------------------------------- ViT
+
+class ViT(Stitchable):
+    """torchvision's ``VisionTransformer`` cut at its encoder blocks (``block0`` … ``block{depth-1}``).
+
+    The stitch point is the full token sequence (CLS + patches), shape (N, 1 + (S/patch)², hidden).
+    """
+
+    layout = "tokens"
+
+    def __init__(self, num_classes: int, image_size: int, patch_size: int = 4, depth: int = 12,
+                 heads: int = 3, hidden_dim: int = 192, mlp_dim: int = 768, dropout: float = 0.0):
+        super().__init__()
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        if image_size % patch_size:
+            raise ValueError(f"ViT image size {image_size} is not a multiple of patch size {patch_size}")
+        self.vit = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth,
+                                     num_heads=heads, hidden_dim=hidden_dim, mlp_dim=mlp_dim,
+                                     dropout=dropout, num_classes=num_classes)
+        self.blocks = self.vit.encoder.layers
+        self.layer_names = catalog.vit_layer_names(depth)
+
+    def prefix(self, x):
+        v = self.vit
+        x = v._process_input(x)
+        x = torch.cat([v.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return v.encoder.dropout(x + v.encoder.pos_embedding)
+
+    def head(self, h):
+        return self.vit.heads(self.vit.encoder.ln(h)[:, 0])
+
+
+# ----------------------------------------------------------------------------- registry
+
+ARCHITECTURES: dict[str, Callable[..., Stitchable]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        ARCHITECTURES[name] = fn
+        return fn
+    return deco
+
+
+@register("resnet18")
+def _resnet18(num_classes: int, image_size: int, width: int = 64) -> Stitchable:
+    return CifarResNet(num_classes, width=width, stage_blocks=(2, 2, 2, 2))
+
+
+@register("vit")
+def _vit(num_classes: int, image_size: int, **kw) -> Stitchable:
+    return ViT(num_classes, image_size, **kw)
+
+
+def build(family: str, *, num_classes: int, image_size: int, **params) -> Stitchable:
+    """Build an architecture by registry name; ``params`` are its options (width, depth, …; see catalog)."""
+    params = catalog.architecture_params(family, params)
+    return ARCHITECTURES[family](num_classes=num_classes, image_size=image_size, **params)

@@ -1,0 +1,210 @@
+"""The workflow's stages as plain functions of paths and settings (no Snakemake here).
+
+train → extract → DM stitches per network pair → TLM stitches per network pair → tables/figures.
+Each function writes its outputs atomically; ``workflow_scripts/`` only translates the Snakemake
+job into a call of one of these.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stitchlib import config as sconf
+from stitchlib import data, io, models
+from stitchlib.stitching import AffineStitch, evaluate, fit_dm, train_tlm
+from stitchlib.train import pick_device, train_network
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- networks
+
+def network_spec(cfg: dict[str, Any], dataset: str, net: str) -> dict[str, Any]:
+    """Everything needed to rebuild network ``net`` (``arch-sSEED``) trained on ``dataset``."""
+    arch, seed = sconf.parse_network(net)
+    a, d = cfg["architectures"][arch], cfg["datasets"][dataset]
+    from stitchlib import catalog
+
+    return {
+        "net": net, "arch": arch, "seed": seed, "family": a["family"], "params": dict(a["params"]),
+        "layers": sconf.layers(cfg, arch), "dataset": dataset, "root": d["root"], "download": d["download"],
+        "image_size": sconf.image_size(cfg, dataset), "num_classes": catalog.dataset(dataset).num_classes,
+    }
+
+
+def build_network(spec: dict[str, Any]) -> models.Stitchable:
+    return models.build(spec["family"], num_classes=spec["num_classes"], image_size=spec["image_size"],
+                        **spec["params"])
+
+
+def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -> models.Stitchable:
+    net = build_network(spec)
+    try:
+        net.load_state_dict(io.load_state_dict(ckpt))
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {ckpt} does not fit {spec['family']} {spec['params']}: {e}") from None
+    return net.to(device).eval()
+
+
+def load_split(spec: dict[str, Any], split: str):
+    return data.load(spec["dataset"], split, root=spec["root"], image_size=spec["image_size"],
+                     download=spec["download"])
+
+
+def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: str, device: str = "auto") -> None:
+    """Train one network from its seed; write the state dict and a metrics JSON with provenance."""
+    dev = pick_device(device)
+    torch.manual_seed(spec["seed"])
+    net = build_network(spec)
+    start = time.time()
+    result = train_network(net, load_split(spec, "train"), load_split(spec, "test"), settings,
+                           seed=spec["seed"], device=dev)
+    io.save_state_dict(ckpt, {k: v.cpu() for k, v in net.state_dict().items()})
+    io.write_json(metrics, {**result, "network": spec, "train": settings, "device": str(dev),
+                            "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
+    log.info("%s: train %.4f test %.4f", spec["net"], result["train_accuracy"], result["test_accuracy"])
+
+
+@torch.no_grad()
+def extract(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], batch_size: int = 256, chunk: int = 256,
+            dtype: str = "float32", device: str = "auto") -> None:
+    """Write every stitch point's activations for each split in ``outputs`` (split → .h5 path)."""
+    dev = pick_device(device)
+    net = load_network(spec, ckpt, dev)
+    keep = [net.layer_index(name) for name in spec["layers"]]
+    for split, path in outputs.items():
+        ds = load_split(spec, split)
+        attrs = {"network": spec["net"], "dataset": spec["dataset"], "split": split, "spec": spec,
+                 "layer_order": spec["layers"], "checkpoint_sha256": io.sha256(ckpt), **io.provenance()}
+        with io.ActivationWriter(path, len(ds), attrs, chunk=chunk, dtype=dtype) as w:
+            for x, y in data.batches(ds, batch_size):
+                logits, outs = net.forward_all(x.to(dev))
+                w.append(y.numpy(), logits.float().cpu().numpy(),
+                         {net.layer_names[i]: outs[i].float().cpu().numpy() for i in keep},
+                         {net.layer_names[i]: net.layout for i in keep})
+        log.info("%s: wrote %s (%d samples, %d layers)", spec["net"], path, len(ds), len(keep))
+
+
+# ----------------------------------------------------------------------------- stitching
+
+def _stitch_key(src_layer: str, tgt_layer: str) -> str:
+    return f"{src_layer}->{tgt_layer}"
+
+
+def _new_stitch(src_h5: str, tgt_h5: str, src_layer: str, tgt_layer: str) -> AffineStitch:
+    with io.open_activations(src_h5) as fs, io.open_activations(tgt_h5) as ft:
+        ds, dt = fs["layers"][src_layer], ft["layers"][tgt_layer]
+        return AffineStitch.between(ds.shape[1:], dt.shape[1:], ds.attrs["layout"])
+
+
+def dm_sample_index(n: int, samples: int | str, seed: int) -> np.ndarray:
+    """The K training images DM is fitted on (sorted), drawn once per config, shared by every pair."""
+    if samples == "all":
+        return np.arange(n)
+    if samples > n:
+        raise ValueError(f"dm.samples: K = {samples} is larger than the training split ({n} images)")
+    return np.sort(np.random.default_rng(seed).permutation(n)[:samples])
+
+
+def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, settings: dict[str, Any],
+                chunk: int = 256) -> dict[str, AffineStitch]:
+    """DM stitches from every source layer to every target layer, fitted on the same K images."""
+    n = len(io.read_array(src_train, "labels"))
+    idx = dm_sample_index(n, settings["samples"], settings["seed"])
+    stitches = {}
+    for sl in src_spec["layers"]:
+        src = {s: io.read_layer(src_train, sl, idx[s:s + chunk]) for s in range(0, len(idx), chunk)}
+        for tl in tgt_spec["layers"]:
+            st = _new_stitch(src_train, tgt_train, sl, tl)
+            tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
+            stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"])
+    return stitches
+
+
+def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
+                  tgt_test: str, method: str) -> pd.DataFrame:
+    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance."""
+    labels = torch.as_tensor(io.read_array(tgt_test, "labels"))
+    receiver_acc = float((io.read_array(tgt_test, "logits").argmax(1) == labels.numpy()).mean())
+    dev = next(receiver.parameters()).device
+    targets = {tl: torch.as_tensor(io.read_layer(tgt_test, tl)) for tl in tgt_spec["layers"]}
+    out = []
+    for si, sl in enumerate(src_spec["layers"]):
+        src = torch.as_tensor(io.read_layer(src_test, sl))
+        for ti, tl in enumerate(tgt_spec["layers"]):
+            st = stitches[_stitch_key(sl, tl)].to(dev)
+            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels)
+            out.append({"method": method, "source": src_spec["net"], "target": tgt_spec["net"],
+                        "source_arch": src_spec["arch"], "target_arch": tgt_spec["arch"],
+                        "setting": "intra" if src_spec["net"] == tgt_spec["net"] else "inter",
+                        "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti,
+                        "accuracy": r["accuracy"], "receiver_accuracy": receiver_acc,
+                        "relative_accuracy": r["accuracy"] / receiver_acc, "struct": r["struct"]})
+    return pd.DataFrame(out)
+
+
+def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
+    io.save_state_dict(path, {k: {"weight": s.weight.detach().cpu(), "bias": s.bias.detach().cpu()}
+                              for k, s in stitches.items()})
+
+
+def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str) -> dict[str, AffineStitch]:
+    saved = io.load_state_dict(path)
+    out = {}
+    for sl in src_spec["layers"]:
+        for tl in tgt_spec["layers"]:
+            key = _stitch_key(sl, tl)
+            if key not in saved:
+                raise ValueError(f"{path}: no stitch {key!r}; rerun the DM job")
+            out[key] = _new_stitch(src_h5, tgt_h5, sl, tl).set_affine(saved[key]["weight"], saved[key]["bias"])
+    return out
+
+
+def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
+            out_csv: str, device: str = "auto") -> None:
+    """Fit and evaluate DM stitches for every layer pair of one (source, target) network pair."""
+    dev = pick_device(device)
+    start = time.time()
+    stitches = fit_dm_pair(src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"], settings)
+    log.info("fitted %d DM stitches in %.1f s", len(stitches), time.time() - start)
+    receiver = load_network(tgt_spec, inputs["tgt_ckpt"], dev)
+    df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm")
+    _save_stitches(out_pt, stitches)
+    io.write_csv(df, out_csv)
+
+
+def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
+             out_csv: str, device: str = "auto") -> None:
+    """Train TLM stitches (initialised from DM) on cached source activations, then evaluate them.
+
+    The frozen front half f≤i never runs: its outputs on the training split are read from the
+    activation cache. Stitches that share a receiving layer train together in groups of
+    ``settings['group_size']`` ('auto': all of them on CUDA, one at a time on the CPU, where batching
+    was measured not to pay; see bench/bench_tlm.py).
+    """
+    dev = pick_device(device)
+    stitches = _load_stitches(inputs["dm"], src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"])
+    receiver = load_network(tgt_spec, inputs["tgt_ckpt"], dev)
+    labels = torch.as_tensor(io.read_array(inputs["tgt_train"], "labels"))
+    soft = torch.as_tensor(io.read_array(inputs["tgt_train"], "logits")) if settings["labels"] == "soft" else None
+    cache = {sl: torch.as_tensor(io.read_layer(inputs["src_train"], sl)) for sl in src_spec["layers"]}
+    group = settings["group_size"]
+    group = (len(src_spec["layers"]) if dev.type == "cuda" else 1) if group == "auto" else group
+    start = time.time()
+    for tl in tgt_spec["layers"]:
+        keys = [_stitch_key(sl, tl) for sl in src_spec["layers"]]
+        for g in range(0, len(keys), group):
+            batch = {k: stitches[k].to(dev) for k in keys[g:g + group]}
+            train_tlm(batch, receiver, receiver.layer_index(tl), lambda k, idx: cache[k.split("->")[0]][idx],
+                      labels, settings, seed=settings["seed"], soft_targets=soft)
+    log.info("trained %d TLM stitches in %.1f s", len(stitches), time.time() - start)
+    df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "tlm")
+    _save_stitches(out_pt, stitches)
+    io.write_csv(df, out_csv)

@@ -1,0 +1,97 @@
+"""Workflow tests: dry-runs of the default config, config errors before any job, lint, and one tiny
+end-to-end run on the digits followed by an incremental-rebuild check."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+pytestmark = pytest.mark.workflow
+
+
+def smk(*args, cwd, check=True):
+    out = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=1200)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def write_config(tmp_path, base: Path, **changes) -> Path:
+    cfg = yaml.safe_load(base.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_default_config_dry_run_job_counts(tmp_path):
+    out = smk("-n", "--configfile", str(ROOT / "config.yaml"), cwd=tmp_path)
+    # 2 architectures × 3 seeds = 6 networks; per arch 3 intra + 6 inter pairs = 9 → 18 pairs per method
+    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "tlm": 18, "similarity_table": 1,
+                                      "table1": 1, "heatmaps": 1, "all": 1}
+
+
+def test_one_table_builds_only_its_ancestors(tmp_path):
+    cfg = write_config(tmp_path, ROOT / "config.yaml", **{"stitching.methods": ["dm"]})
+    out = smk("-n", "--configfile", str(cfg), "results/tables/digits/table1.md", cwd=tmp_path)
+    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "similarity_table": 1, "table1": 1}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"tlm.epochs": -1}, "tlm.epochs"),
+    ({"architectures.resnet18.layers": ["layer5.0"]}, "architectures.resnet18.layers[0]"),
+    ({"architectures.resnet18.family": "resnet1000"}, "unknown architecture 'resnet1000'"),
+    ({"datasets.cifar10": {"root": "/nowhere"}}, "/nowhere/cifar-10-batches-py"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, change, message):
+    cfg = write_config(tmp_path, ROOT / "config.yaml", **change)
+    out = smk("--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    out = smk("--lint", "--configfile", str(ROOT / "config.yaml"), cwd=ROOT)
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr
+
+
+def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_path):
+    tiny = ROOT / "tests" / "configs" / "tiny.yaml"
+    smk("--cores", "2", "--configfile", str(tiny), cwd=tmp_path)
+    res = tmp_path / "results"
+    t = pd.read_csv(res / "tables/digits/table1.csv")
+    assert set(t.measure) == {"TLM", "DM (func.)", "DM (struct.)"}
+    assert set(zip(t.setting, t.arch)) == {("intra", "rn"), ("inter", "rn"), ("intra", "vit"), ("inter", "vit")}
+    assert t.percent.between(0, 100).all()
+    md = (res / "tables/digits/table1.md").read_text()
+    assert "| DM (struct.) |" in md
+    for fig in ["intra/rn/tlm.png", "inter/vit/dm_struct.png", "intra/rn/dm_func.png"]:
+        assert (res / "figures/digits" / fig).read_bytes()[:4] == b"\x89PNG"
+    dm = pd.read_csv(res / "stitching/digits/dm/rn-s0__rn-s0.csv")
+    assert len(dm) == 16  # the 4 configured layers, all pairs
+    diag = dm[dm.source_layer == dm.target_layer]
+    assert (diag.relative_accuracy == 1.0).all() and (diag.struct < 1e-6).all()  # DM self-stitch = identity
+
+    # Nothing left to do; a TLM change reruns TLM and what depends on it, never training or extraction.
+    assert "Nothing to be done" in smk("-n", "--configfile", str(tiny), cwd=tmp_path).stdout
+    changed = write_config(tmp_path, tiny, **{"tlm.epochs": 2})
+    counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
+    assert counts == {"tlm": 6, "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1}

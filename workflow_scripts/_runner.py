@@ -1,0 +1,27 @@
+"""Shared glue for workflow scripts: log to the job's log file, bound torch threads, report errors."""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stitchlib from this checkout
+
+
+def run(snakemake, job) -> None:
+    """Call ``job(snakemake)`` with logging to ``snakemake.log[0]`` and ``snakemake.threads`` torch threads."""
+    logging.basicConfig(filename=snakemake.log[0] if snakemake.log else None, level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+    except ImportError:
+        pass
+    log = logging.getLogger("stitchlib.job")
+    log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
+    try:
+        job(snakemake)
+    except Exception:
+        log.exception("job failed")
+        raise
+    log.info("done")

@@ -1,0 +1,18 @@
+import pandas as pd
+from _runner import run
+
+from stitchlib import report
+
+
+def job(sm):
+    tables = {}
+    for (dataset, measure, arch, setting), path in zip(sm.params.figures, sm.output):
+        if dataset not in tables:
+            tables[dataset] = pd.read_csv(next(p for p in sm.input if f"/{dataset}/" in p))
+        m = report.mean_matrix(tables[dataset], measure, arch, setting)
+        kind = "relative accuracy" if report.MEASURES[measure].higher_is_similar else "distance"
+        report.heatmap(m, path, f"{measure} ({kind}), {arch}, {setting}-network, {dataset}",
+                       report.MEASURES[measure].higher_is_similar)
+
+
+run(snakemake, job)
