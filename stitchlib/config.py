@@ -52,7 +52,7 @@ def _path(parts) -> str:
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Return a validated copy of ``cfg`` with every default filled in."""
+    """Return a validated copy of ``cfg`` with every default filled in and keys in canonical order."""
     cfg = copy.deepcopy(cfg) if cfg is not None else {}
     # Defaults must be filled on a first pass before errors are meaningful (unevaluated props etc.).
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
@@ -60,7 +60,17 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         e = errors[0]
         raise ConfigError(f"config key {_path(e.absolute_path)}: {e.message}")
     _check_semantics(cfg)
-    return cfg
+    return canonical(cfg)
+
+
+def canonical(obj: Any) -> Any:
+    """Mappings with sorted keys, recursively: the same settings always look the same to Snakemake's
+    parameter-change detection, however the YAML orders them."""
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    return obj
 
 
 def load(path: str | Path) -> dict[str, Any]:
