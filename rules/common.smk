@@ -9,7 +9,7 @@ sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under
 
 from stitchlib import config as sconf
 from stitchlib.pipeline import network_spec
-from stitchlib.report import MEASURES
+from stitchlib.report import INDEX_LABELS, MEASURES
 
 try:
     config.update(sconf.validate(config))
@@ -56,14 +56,26 @@ def stitching_csvs(dataset):
     return [stitch_file(dataset, m, s, t, "csv") for m in config["stitching"]["methods"] for s, t in pairs()]
 
 
-def stitching_measures():
+def arch_networks(arch):
+    return [sconf.network_id(arch, s) for s in config["seeds"]]
+
+
+def index_csvs(dataset):
+    return [f"{R}/similarity/{dataset}/{arch}.csv" for arch in config["architectures"]] \
+        if config["similarity"]["measures"] else []
+
+
+def table_measures():
+    """Every measure of the run, as labelled in tables and figures."""
     methods = config["stitching"]["methods"]
-    return (["TLM"] if "tlm" in methods else []) + (["DM (func.)", "DM (struct.)"] if "dm" in methods else [])
+    found = (["TLM"] if "tlm" in methods else []) + (["DM (func.)", "DM (struct.)"] if "dm" in methods else [])
+    found += [INDEX_LABELS[m] for m in config["similarity"]["measures"]]
+    return [m for m in MEASURES if m in found]
 
 
 def heatmap_specs():
     """(measure, architecture, setting) of every heatmap, in the order of heatmaps(dataset)."""
-    return [(m, arch, setting) for m in stitching_measures() for arch in config["architectures"]
+    return [(m, arch, setting) for m in table_measures() for arch in config["architectures"]
             for setting in config["stitching"]["settings"]]
 
 

@@ -47,3 +47,24 @@ rule tlm:
         "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/stitch.py"
+
+
+rule indices:
+    input:
+        unpack(lambda w: {net: acts(w.dataset, net, "test") for net in arch_networks(w.arch)}),
+    output:
+        f"{R}/similarity/{{dataset}}/{{arch}}.csv",
+    params:
+        specs=lambda w: {net: network_spec(config, w.dataset, net) for net in arch_networks(w.arch)},
+        pairs=lambda w: [p for p in pairs() if sconf.parse_network(p[0])[0] == w.arch],
+        settings=config["similarity"],
+    log:
+        f"{R}/logs/indices/{{dataset}}/{{arch}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/indices.py"

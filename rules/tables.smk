@@ -4,6 +4,7 @@
 rule similarity_table:
     input:
         stitching=lambda w: stitching_csvs(w.dataset),
+        indices=lambda w: index_csvs(w.dataset),
     output:
         f"{R}/matrices/{{dataset}}/similarity.csv",
     log:

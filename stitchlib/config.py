@@ -22,6 +22,11 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 DIGITS_TRAIN_SIZE = 1400
 
 
+# Paper 1: CKA on flattened C·H·W; PWCCA/OPD (and the CCA family) as its public code feeds them.
+DEFAULT_RESHAPE = {"lcka": "flatten", "lcka_debiased": "flatten", "pwcca": "paper1", "mean_cca": "paper1",
+                   "svcca": "paper1", "opd": "paper1", "r2_lr": "paper1", "dm_struct": "paper1"}
+
+
 class ConfigError(ValueError):
     """A configuration problem; the message starts with the offending key path."""
 
@@ -115,6 +120,7 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
     k = cfg["dm"]["samples"]
     if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
         raise ConfigError(f"dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
+    cfg["similarity"]["reshape"] = {**DEFAULT_RESHAPE, **cfg["similarity"]["reshape"]}
     if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
         raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
 

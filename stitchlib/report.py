@@ -27,19 +27,33 @@ class Measure:
     higher_is_similar: bool
     slug: str              # file-name form
 
+    @property
+    def quantity(self) -> str:
+        if self.label in ("TLM", "DM (func.)"):
+            return "relative accuracy"
+        return "similarity" if self.higher_is_similar else "distance"
 
-MEASURES: dict[str, Measure] = {m.label: m for m in [
-    Measure("TLM", True, "tlm"),
-    Measure("DM (func.)", True, "dm_func"),
-    Measure("DM (struct.)", False, "dm_struct"),
-]}
+
+# Structural indices (stitchlib.similarity names → printed labels), in paper 1's Table 1 order first.
+INDEX_LABELS = {"pwcca": "PWCCA", "opd": "OPD", "lcka": "LCKA", "lcka_debiased": "LCKA (debiased)",
+                "mean_cca": "mean CCA", "svcca": "SVCCA", "r2_lr": "R²_LR", "dm_struct": "DM (struct., in-sample)"}
+
+
+def _measures() -> dict[str, Measure]:
+    from stitchlib.similarity import MEASURES as INDICES
+
+    idx = {name: Measure(label, INDICES[name].higher_is_similar, name.replace("dm_struct", "dm_struct_in_sample"))
+           for name, label in INDEX_LABELS.items()}
+    ordered = [idx["pwcca"], idx["opd"], idx["lcka"], Measure("TLM", True, "tlm"),
+               Measure("DM (struct.)", False, "dm_struct"), Measure("DM (func.)", True, "dm_func"),
+               *(m for k, m in idx.items() if k not in ("pwcca", "opd", "lcka"))]
+    return {m.label: m for m in ordered}
+
+
+MEASURES: dict[str, Measure] = _measures()
 
 KEYS = ["setting", "source", "target", "source_arch", "target_arch", "source_layer", "target_layer",
         "source_index", "target_index"]
-
-
-def register_measure(label: str, higher_is_similar: bool, slug: str) -> None:
-    MEASURES[label] = Measure(label, higher_is_similar, slug)
 
 
 def stitching_long(df: pd.DataFrame) -> pd.DataFrame:

@@ -69,3 +69,15 @@ def test_inter_needs_two_seeds():
 
 def test_network_ids_round_trip():
     assert sconf.parse_network(sconf.network_id("my_net", 12)) == ("my_net", 12)
+
+
+def test_paper1_config_validates_against_a_cifar_layout(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "paper1-cifar10.yaml").read_text())
+    with pytest.raises(sconf.ConfigError, match="datasets.cifar10.root"):
+        sconf.validate({**raw, "datasets": {"cifar10": {"root": str(tmp_path)}}})
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    for f in ("data_batch_1", "test_batch"):
+        (tmp_path / "cifar-10-batches-py" / f).touch()
+    cfg = sconf.validate({**raw, "datasets": {"cifar10": {"root": str(tmp_path)}}})
+    assert len(sconf.networks(cfg)) == 20
+    assert len(sconf.network_pairs(cfg, "inter")) == 2 * 90

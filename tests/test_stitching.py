@@ -134,3 +134,14 @@ def test_tlm_soft_labels_use_receiver_outputs(trained_resnet, digits16):
     assert np.isfinite(curve).all() and curve[-1] <= curve[0]
     with pytest.raises(ValueError, match="soft"):
         st.train_tlm(dm, net, 5, lambda k, idx: cache[k][idx], y, cfg, seed=0, progress=lambda s: None)
+
+
+def test_dm_sample_index_is_seeded_sorted_and_checked():
+    from stitchlib.pipeline import dm_sample_index
+
+    a = dm_sample_index(1400, 100, 0)
+    assert len(a) == 100 and (np.diff(a) > 0).all() and np.array_equal(a, dm_sample_index(1400, 100, 0))
+    assert not np.array_equal(a, dm_sample_index(1400, 100, 1))
+    assert np.array_equal(dm_sample_index(7, "all", 0), np.arange(7))
+    with pytest.raises(ValueError, match="dm.samples"):
+        dm_sample_index(50, 100, 0)

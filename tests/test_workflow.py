@@ -44,14 +44,15 @@ def write_config(tmp_path, base: Path, **changes) -> Path:
 def test_default_config_dry_run_job_counts(tmp_path):
     out = smk("-n", "--configfile", str(ROOT / "config.yaml"), cwd=tmp_path)
     # 2 architectures × 3 seeds = 6 networks; per arch 3 intra + 6 inter pairs = 9 → 18 pairs per method
-    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "tlm": 18, "similarity_table": 1,
-                                      "table1": 1, "heatmaps": 1, "all": 1}
+    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "tlm": 18, "indices": 2,
+                                      "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1}
 
 
 def test_one_table_builds_only_its_ancestors(tmp_path):
     cfg = write_config(tmp_path, ROOT / "config.yaml", **{"stitching.methods": ["dm"]})
     out = smk("-n", "results/tables/digits/table1.md", "--configfile", str(cfg), cwd=tmp_path)
-    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "similarity_table": 1, "table1": 1}
+    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "indices": 2, "similarity_table": 1,
+                                      "table1": 1}
 
 
 @pytest.mark.parametrize("change,message", [
@@ -78,12 +79,16 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     smk("--cores", "2", "--configfile", str(tiny), cwd=tmp_path)
     res = tmp_path / "results"
     t = pd.read_csv(res / "tables/digits/table1.csv")
-    assert set(t.measure) == {"TLM", "DM (func.)", "DM (struct.)"}
+    assert set(t.measure) == {"TLM", "DM (func.)", "DM (struct.)", "PWCCA", "OPD", "LCKA", "LCKA (debiased)",
+                              "mean CCA", "SVCCA", "R²_LR"}
+    intra = t[t.setting == "intra"].set_index(["measure", "arch"]).percent
+    for m in ("DM (struct.)", "LCKA", "OPD", "PWCCA"):  # a layer is most similar to itself
+        assert intra[m, "rn"] == 100 and intra[m, "vit"] == 100, m
     assert set(zip(t.setting, t.arch)) == {("intra", "rn"), ("inter", "rn"), ("intra", "vit"), ("inter", "vit")}
     assert t.percent.between(0, 100).all()
     md = (res / "tables/digits/table1.md").read_text()
     assert "| DM (struct.) |" in md
-    for fig in ["intra/rn/tlm.png", "inter/vit/dm_struct.png", "intra/rn/dm_func.png"]:
+    for fig in ["intra/rn/tlm.png", "inter/vit/dm_struct.png", "intra/rn/dm_func.png", "inter/rn/lcka.png"]:
         assert (res / "figures/digits" / fig).read_bytes()[:4] == b"\x89PNG"
     dm = pd.read_csv(res / "stitching/digits/dm/rn-s0__rn-s0.csv")
     assert len(dm) == 16  # the 4 configured layers, all pairs

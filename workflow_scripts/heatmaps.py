@@ -10,8 +10,7 @@ def job(sm):
         if dataset not in tables:
             tables[dataset] = pd.read_csv(next(p for p in sm.input if f"/{dataset}/" in p))
         m = report.mean_matrix(tables[dataset], measure, arch, setting)
-        kind = "relative accuracy" if report.MEASURES[measure].higher_is_similar else "distance"
-        report.heatmap(m, path, f"{measure} ({kind}), {arch}, {setting}-network, {dataset}",
+        report.heatmap(m, path, f"{measure} ({report.MEASURES[measure].quantity}), {arch}, {setting}-network, {dataset}",
                        report.MEASURES[measure].higher_is_similar)
 
 

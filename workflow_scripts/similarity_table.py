@@ -1,5 +1,13 @@
+import pandas as pd
 from _runner import run
 
 from stitchlib import io, report
 
-run(snakemake, lambda sm: io.write_csv(report.collect_stitching(sm.input.stitching), sm.output[0]))
+
+def job(sm):
+    parts = [report.collect_stitching(sm.input.stitching)] if sm.input.stitching else []
+    parts += [pd.read_csv(p) for p in sm.input.indices]
+    io.write_csv(pd.concat(parts, ignore_index=True), sm.output[0])
+
+
+run(snakemake, job)
