@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --printshellcmds --show-failed-logs
 
-.PHONY: run test lint bench dry-run clean venv
+.PHONY: run test lint bench bench-full dry-run clean venv
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/bench_tlm.py
+	$(BIN)/python bench/bench_similarity.py --quick
+
+bench-full: venv
+	$(BIN)/python bench/bench_similarity.py
 
 dry-run: venv
 	$(BIN)/snakemake -n --quiet rules
