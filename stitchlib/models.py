@@ -94,9 +94,10 @@ class CifarResNet(Stitchable):
 
     layout = "conv"
 
-    def __init__(self, num_classes: int, width: int = 64, stage_blocks: tuple[int, ...] = (2, 2, 2, 2)):
+    def __init__(self, num_classes: int, width: int = 64, stage_blocks: tuple[int, ...] = (2, 2, 2, 2),
+                 in_channels: int = 3):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         blocks, c_in = [], width
         for s, n in enumerate(stage_blocks):
             c_out = width * 2 ** s
