@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/networks.smk"
 include: "rules/stitching.smk"
+include: "rules/ood.smk"
 include: "rules/tables.smk"
 
 

@@ -29,6 +29,8 @@ wildcard_constraints:
     arch="[A-Za-z][A-Za-z0-9_]*",
     setting="intra|inter",
     slug="[a-z0-9_]+",
+    layer="[A-Za-z0-9_.]+",
+    method="dm|tlm",
 
 
 def ckpt(dataset, net):
@@ -87,8 +89,25 @@ def table1(dataset):
     return [f"{R}/tables/{dataset}/table1.csv", f"{R}/tables/{dataset}/table1.md"]
 
 
+def detectors(dataset, net):
+    arch = sconf.parse_network(net)[0]
+    return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.pt" for layer in sconf.layers(config, arch)]
+
+
+def ood_score_files(dataset, ext):
+    return [f"{R}/ood/{dataset}/scores/{m}/{s}__{t}.{ext}" for m in config["stitching"]["methods"] for s, t in pairs()]
+
+
+def energy_plots(dataset):
+    """Paper 1 Fig. 1c: the first network of each architecture, intra, first layer as the target."""
+    return [(m, sconf.network_id(arch, config["seeds"][0]), sconf.layers(config, arch)[0])
+            for m in config["stitching"]["methods"] for arch in config["architectures"]
+            if "intra" in config["stitching"]["settings"]]
+
+
 def all_targets():
-    return [f for d in config["datasets"] for f in table1(d) + heatmaps(d)]
+    ood = [f"{R}/figures/{d}/ood" for d in config["datasets"]] if config["ood"]["enabled"] else []
+    return [f for d in config["datasets"] for f in table1(d) + heatmaps(d)] + ood
 
 
 def pair_inputs(w):

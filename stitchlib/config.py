@@ -121,6 +121,11 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
     if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
         raise ConfigError(f"dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
     cfg["similarity"]["reshape"] = {**DEFAULT_RESHAPE, **cfg["similarity"]["reshape"]}
+    o = cfg["ood"]
+    if o["enabled"] and o["outliers"]["source"] == "npy":
+        if not o["outliers"]["path"] or not Path(o["outliers"]["path"]).is_file():
+            raise ConfigError(f"ood.outliers.path: {o['outliers']['path']!r} is not a file; source npy needs the "
+                              "300K Random Images .npy (N, 32, 32, 3) uint8")
     if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
         raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
 

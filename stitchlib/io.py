@@ -216,6 +216,14 @@ def read_layer(path: str | os.PathLike, layer: str, index: np.ndarray | slice | 
     return a
 
 
+def layer_layout(path: str | os.PathLike, layer: str) -> str:
+    """'conv' or 'tokens': how a layer's activations are laid out."""
+    with open_activations(path) as f:
+        if layer not in f["layers"]:
+            raise KeyError(f"{path}: no layer {layer!r}; layers are {list(f['layers'])}")
+        return str(f["layers"][layer].attrs["layout"])
+
+
 def read_array(path: str | os.PathLike, name: str) -> np.ndarray:
     with open_activations(path) as f:
         return f[name][()]

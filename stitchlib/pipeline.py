@@ -53,9 +53,26 @@ def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -
     return net.to(device).eval()
 
 
-def load_split(spec: dict[str, Any], split: str):
-    return data.load(spec["dataset"], split, root=spec["root"], image_size=spec["image_size"],
-                     download=spec["download"])
+OUTLIER_SPLITS = ("outliers", "heldout")  # auxiliary outliers for detector training / held-out sanity check
+
+
+def load_split(spec: dict[str, Any], split: str, outliers: dict[str, Any] | None = None):
+    """A dataset split, or (``outliers``/``heldout``) outlier images with label −1 from the OOD settings."""
+    if split not in OUTLIER_SPLITS:
+        return data.load(spec["dataset"], split, root=spec["root"], image_size=spec["image_size"],
+                         download=spec["download"])
+    from torch.utils.data import TensorDataset
+
+    from stitchlib import ood
+
+    o, size = outliers, spec["image_size"]
+    if split == "outliers" and o["source"] == "npy":
+        x = ood.outlier_images_npy(o["path"], o["n"], size, seed=o["seed"])
+    elif split == "outliers":
+        x = ood.outlier_images(o["n"], size, "china", seed=o["seed"])
+    else:
+        x = ood.outlier_images(o["heldout"], size, "flower", seed=o["seed"] + 1)
+    return TensorDataset(x, torch.full((len(x),), -1, dtype=torch.long))
 
 
 def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: str, device: str = "auto") -> None:
@@ -74,13 +91,14 @@ def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: st
 
 @torch.no_grad()
 def extract(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], batch_size: int = 256, chunk: int = 256,
-            dtype: str = "float32", device: str = "auto") -> None:
-    """Write every stitch point's activations for each split in ``outputs`` (split → .h5 path)."""
+            dtype: str = "float32", device: str = "auto", outliers: dict[str, Any] | None = None) -> None:
+    """Write every stitch point's activations for each split in ``outputs`` (split → .h5 path); the splits
+    ``outliers``/``heldout`` push the OOD settings' outlier images through the network."""
     dev = pick_device(device)
     net = load_network(spec, ckpt, dev)
     keep = [net.layer_index(name) for name in spec["layers"]]
     for split, path in outputs.items():
-        ds = load_split(spec, split)
+        ds = load_split(spec, split, outliers)
         attrs = {"network": spec["net"], "dataset": spec["dataset"], "split": split, "spec": spec,
                  "layer_order": spec["layers"], "checkpoint_sha256": io.sha256(ckpt), **io.provenance()}
         with io.ActivationWriter(path, len(ds), attrs, chunk=chunk, dtype=dtype) as w:
@@ -253,3 +271,77 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                                  "value": float(value)})
     log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
     io.write_csv(pd.DataFrame(rows), out_csv)
+
+
+# ----------------------------------------------------------------------------- OOD detectors
+
+def _detector_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in (("pretrain", settings["pretrain"]), ("finetune", settings["finetune"])) if v}
+
+
+def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
+                   out_json: str, device: str = "auto") -> None:
+    """Train the energy OOD detector of one (network, layer) and check it on held-out outliers."""
+    from stitchlib import ood
+
+    dev = pick_device(device)
+    acts = io.read_layer(inputs["train"], layer)
+    layout = io.layer_layout(inputs["train"], layer)
+    det = ood.build_detector(layout, acts.shape[1:], spec["num_classes"], **settings["detector"][layout])
+    start = time.time()
+    metrics = ood.train_detector(det, acts, io.read_array(inputs["train"], "labels"),
+                                 io.read_layer(inputs["outliers"], layer), _detector_settings(settings),
+                                 seed=settings["seed"], device=dev)
+    sanity = ood.ood_metrics(ood.energy(det, io.read_layer(inputs["test"], layer)),
+                             ood.energy(det, io.read_layer(inputs["heldout"], layer)))
+    log.info("%s %s detector: held-out outliers AUROC %.3f (%.1f s)", spec["net"], layer, sanity["auroc"],
+             time.time() - start)
+    io.save_state_dict(out_pt, ood.detector_state(det))
+    io.write_json(out_json, {"network": spec["net"], "layer": layer, "detector": ood.detector_spec(det),
+                             "training": metrics, "heldout_sanity": sanity, "settings": settings,
+                             "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
+
+
+def load_detector(pt: str, device: torch.device):
+    import json
+
+    from stitchlib import ood
+
+    spec = json.loads(Path(pt).with_suffix(".json").read_text())["detector"]
+    return ood.load_detector(spec, io.load_state_dict(pt)).to(device)
+
+
+@torch.no_grad()
+def _stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    dev = stitch.weight.device
+    x = torch.as_tensor(acts)
+    return torch.cat([stitch(x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], method: str, out_csv: str, out_npz: str,
+             device: str = "auto") -> None:
+    """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
+    (positive class) vs. the stitched activations of the same test images, for every layer pair."""
+    from stitchlib import ood
+
+    dev = pick_device(device)
+    stitches = _load_stitches(inputs["stitches"], src_spec, tgt_spec, inputs["src_test"], inputs["tgt_test"])
+    sources = {sl: io.read_layer(inputs["src_test"], sl) for sl in src_spec["layers"]}
+    rows, energies = [], {}
+    for ti, (tl, det_pt) in enumerate(zip(tgt_spec["layers"], inputs["detectors"])):
+        det = load_detector(det_pt, dev)
+        e_in = ood.energy(det, io.read_layer(inputs["tgt_test"], tl))
+        energies[f"in/{tl}"] = e_in
+        energies[f"heldout/{tl}"] = ood.energy(det, io.read_layer(inputs["tgt_heldout"], tl))
+        for si, sl in enumerate(src_spec["layers"]):
+            e = ood.energy(det, _stitched(stitches[_stitch_key(sl, tl)].to(dev), sources[sl]))
+            energies[f"stitched/{sl}/{tl}"] = e
+            rows.append({"method": method, "source": src_spec["net"], "target": tgt_spec["net"],
+                         "source_arch": src_spec["arch"], "target_arch": tgt_spec["arch"],
+                         "setting": "intra" if src_spec["net"] == tgt_spec["net"] else "inter",
+                         "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti,
+                         **ood.ood_metrics(e_in, e)})
+    io.write_csv(pd.DataFrame(rows), out_csv)
+    with io.atomic_path(out_npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **energies)

@@ -160,3 +160,70 @@ def heatmap(matrix: pd.DataFrame, path: str | Path, title: str, higher_is_simila
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_matrix(ax, matrix: pd.DataFrame, title: str, cmap: str, vmin=None, vmax=None):
+    vals = matrix.to_numpy(float)
+    im = ax.imshow(vals, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(matrix.shape[0]), matrix.index, fontsize=7)
+    ax.set_xlabel("target layer")
+    ax.set_ylabel("source layer")
+    ax.set_title(title, fontsize=9)
+    for i in range(vals.shape[0]):
+        for j in range(vals.shape[1]):
+            ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if im.norm(vals[i, j]) < 0.5 else "black")
+    return im
+
+
+def similarity_and_ood(similarity: pd.DataFrame, auroc: pd.DataFrame, path: str | Path, title: str) -> None:
+    """Paper 1 Fig. 2: relative accuracy (left) beside the OOD AUROC of the same stitches (right;
+    0.5 = in-distribution, 1 = the stitched activations are clearly out of distribution)."""
+    plt = _plt()
+    n = similarity.shape[1]
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * n, 1.6 + 0.5 * n))
+    fig.colorbar(_draw_matrix(axes[0], similarity, "relative accuracy", "viridis"), ax=axes[0], fraction=0.046)
+    fig.colorbar(_draw_matrix(axes[1], auroc, "OOD AUROC (0.5 = in-distribution)", "magma", 0.0, 1.0),
+                 ax=axes[1], fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def energy_plot(energies: dict[str, np.ndarray], sources: list[str], target: str, path: str | Path,
+                title: str) -> None:
+    """Paper 1 Fig. 1c: top, the target layer's energies on its own test activations vs held-out outliers;
+    bottom, energies of the activations stitched into it from every source layer."""
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    all_e = np.concatenate([energies[f"in/{target}"], energies[f"heldout/{target}"],
+                            *[energies[f"stitched/{s}/{target}"] for s in sources]])
+    bins = np.linspace(np.percentile(all_e, 0.5), np.percentile(all_e, 99.5), 60)
+    top.hist(energies[f"in/{target}"], bins, alpha=0.6, density=True, label=f"{target} (in-distribution)")
+    top.hist(energies[f"heldout/{target}"], bins, alpha=0.6, density=True, label="held-out outliers")
+    top.legend(fontsize=8)
+    top.set_ylabel("density")
+    cmap = plt.get_cmap("viridis")
+    for k, s in enumerate(sources):
+        bottom.hist(energies[f"stitched/{s}/{target}"], bins, histtype="step", density=True,
+                    color=cmap(k / max(1, len(sources) - 1)), label=f"from {s}")
+    bottom.legend(fontsize=7, ncol=2)
+    bottom.set_xlabel("energy  E = −logsumexp(logits)   (low = in-distribution)")
+    bottom.set_ylabel("density")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -44,8 +44,10 @@ def write_config(tmp_path, base: Path, **changes) -> Path:
 def test_default_config_dry_run_job_counts(tmp_path):
     out = smk("-n", "--configfile", str(ROOT / "config.yaml"), cwd=tmp_path)
     # 2 architectures × 3 seeds = 6 networks; per arch 3 intra + 6 inter pairs = 9 → 18 pairs per method
+    # one OOD detector per (network, layer): 3 × 8 ResNet blocks + 3 × 6 ViT blocks = 42
     assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "tlm": 18, "indices": 2,
-                                      "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1}
+                                      "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1,
+                                      "outliers": 6, "detector": 42, "ood_scores": 36, "ood_figures": 1}
 
 
 def test_one_table_builds_only_its_ancestors(tmp_path):
@@ -95,8 +97,17 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     diag = dm[dm.source_layer == dm.target_layer]
     assert (diag.relative_accuracy == 1.0).all() and (diag.struct < 1e-6).all()  # DM self-stitch = identity
 
+    ood = pd.read_csv(res / "matrices/digits/ood.csv")
+    assert len(ood) == 2 * (2 * 16 + 2 * 16 + 2 * 4 + 2 * 4) and ood.auroc.between(0, 1).all()
+    self_dm = ood[(ood.method == "dm") & (ood.setting == "intra") & (ood.source_layer == ood.target_layer)]
+    assert (self_dm.auroc - 0.5).abs().max() < 0.05  # the DM self-stitch is the identity: in-distribution
+    figs = sorted(p.name for p in (res / "figures/digits/ood").iterdir())
+    assert "tlm_rn_intra.png" in figs and "dm_vit_inter.png" in figs and "energy_tlm_rn-s0_layer1.0.png" in figs
+    assert all(d.stem for d in (res / "ood/digits/detectors/rn-s0").glob("*.json"))
+
     # Nothing left to do; a TLM change reruns TLM and what depends on it, never training or extraction.
     assert "Nothing to be done" in smk("-n", "--configfile", str(tiny), cwd=tmp_path).stdout
     changed = write_config(tmp_path, tiny, **{"tlm.epochs": 2})
     counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
-    assert counts == {"tlm": 8, "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1}
+    assert counts == {"tlm": 8, "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1, "ood_scores": 8,
+                      "ood_figures": 1}

@@ -1,0 +1,98 @@
+# OOD detectors (paper 1, Section 4): outlier activations per network, one detector per (network, layer),
+# then the AUROC of every stitch's activations against the receiving layer's own.
+
+
+rule outliers:
+    input:
+        ckpt=lambda w: ckpt(w.dataset, w.net),
+    output:
+        outliers=f"{R}/activations/{{dataset}}/{{net}}/outliers.h5",
+        heldout=f"{R}/activations/{{dataset}}/{{net}}/heldout.h5",
+    params:
+        spec=lambda w: network_spec(config, w.dataset, w.net),
+        settings=config["extract"],
+        outliers=config["ood"]["outliers"],
+        device=config["device"],
+    log:
+        f"{R}/logs/outliers/{{dataset}}/{{net}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/extract.py"
+
+
+rule detector:
+    input:
+        train=lambda w: acts(w.dataset, w.net, "train"),
+        test=lambda w: acts(w.dataset, w.net, "test"),
+        outliers=lambda w: acts(w.dataset, w.net, "outliers"),
+        heldout=lambda w: acts(w.dataset, w.net, "heldout"),
+    output:
+        pt=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.pt",
+        json=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.json",
+    params:
+        spec=lambda w: network_spec(config, w.dataset, w.net),
+        settings={k: v for k, v in config["ood"].items() if k not in ("enabled", "outliers")},
+        device=config["device"],
+    log:
+        f"{R}/logs/detector/{{dataset}}/{{net}}/{{layer}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/detector.py"
+
+
+rule ood_scores:
+    input:
+        stitches=f"{R}/stitching/{{dataset}}/{{method}}/{{src}}__{{tgt}}.pt",
+        src_test=lambda w: acts(w.dataset, w.src, "test"),
+        tgt_test=lambda w: acts(w.dataset, w.tgt, "test"),
+        tgt_heldout=lambda w: acts(w.dataset, w.tgt, "heldout"),
+        detectors=lambda w: detectors(w.dataset, w.tgt),
+    output:
+        csv=f"{R}/ood/{{dataset}}/scores/{{method}}/{{src}}__{{tgt}}.csv",
+        npz=f"{R}/ood/{{dataset}}/scores/{{method}}/{{src}}__{{tgt}}.npz",
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        device=config["device"],
+    log:
+        f"{R}/logs/ood_scores/{{dataset}}/{{method}}/{{src}}__{{tgt}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/ood_scores.py"
+
+
+rule ood_figures:
+    input:
+        similarity=f"{R}/matrices/{{dataset}}/similarity.csv",
+        scores=lambda w: ood_score_files(w.dataset, "csv"),
+        energies=lambda w: ood_score_files(w.dataset, "npz"),
+    output:
+        table=f"{R}/matrices/{{dataset}}/ood.csv",
+        figures=directory(f"{R}/figures/{{dataset}}/ood"),
+    params:
+        energy_plots=lambda w: energy_plots(w.dataset),
+    log:
+        f"{R}/logs/ood_figures/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/ood_figures.py"
