@@ -146,6 +146,13 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, 
     return stitches
 
 
+def _pair_row(src: dict, tgt: dict, si: int, sl: str, ti: int, tl: str) -> dict[str, Any]:
+    """The columns that identify one layer pair of one network pair (report.KEYS)."""
+    return {"setting": "intra" if src["net"] == tgt["net"] else "inter", "source": src["net"],
+            "target": tgt["net"], "source_arch": src["arch"], "target_arch": tgt["arch"],
+            "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti}
+
+
 def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
                   tgt_test: str, method: str) -> pd.DataFrame:
     """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance."""
@@ -159,10 +166,7 @@ def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: d
         for ti, tl in enumerate(tgt_spec["layers"]):
             st = stitches[_stitch_key(sl, tl)].to(dev)
             r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels)
-            out.append({"method": method, "source": src_spec["net"], "target": tgt_spec["net"],
-                        "source_arch": src_spec["arch"], "target_arch": tgt_spec["arch"],
-                        "setting": "intra" if src_spec["net"] == tgt_spec["net"] else "inter",
-                        "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti,
+            out.append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                         "accuracy": r["accuracy"], "receiver_accuracy": receiver_acc,
                         "relative_accuracy": r["accuracy"] / receiver_acc, "struct": r["struct"]})
     return pd.DataFrame(out)
@@ -265,9 +269,7 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                     except ValueError as e:
                         log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
                         value = float("nan")
-                    rows.append({"measure": report.INDEX_LABELS[m], "setting": "intra" if src == tgt else "inter", "source": src,
-                                 "target": tgt, "source_arch": s["arch"], "target_arch": t["arch"],
-                                 "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti,
+                    rows.append({"measure": report.INDEX_LABELS[m], **_pair_row(s, t, si, sl, ti, tl),
                                  "value": float(value)})
     log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
     io.write_csv(pd.DataFrame(rows), out_csv)
@@ -336,10 +338,7 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], method: str
         for si, sl in enumerate(src_spec["layers"]):
             e = ood.energy(det, _stitched(stitches[_stitch_key(sl, tl)].to(dev), sources[sl]))
             energies[f"stitched/{sl}/{tl}"] = e
-            rows.append({"method": method, "source": src_spec["net"], "target": tgt_spec["net"],
-                         "source_arch": src_spec["arch"], "target_arch": tgt_spec["arch"],
-                         "setting": "intra" if src_spec["net"] == tgt_spec["net"] else "inter",
-                         "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti,
+            rows.append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                          **ood.ood_metrics(e_in, e)})
     io.write_csv(pd.DataFrame(rows), out_csv)
     with io.atomic_path(out_npz) as tmp:
