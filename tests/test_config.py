@@ -73,11 +73,17 @@ def test_network_ids_round_trip():
 
 def test_paper1_config_validates_against_a_cifar_layout(tmp_path):
     raw = yaml.safe_load((ROOT / "configs" / "paper1-cifar10.yaml").read_text())
+    raw["datasets"]["cifar10"]["root"] = str(tmp_path)
     with pytest.raises(sconf.ConfigError, match="datasets.cifar10.root"):
-        sconf.validate({**raw, "datasets": {"cifar10": {"root": str(tmp_path)}}})
+        sconf.validate(raw)
     (tmp_path / "cifar-10-batches-py").mkdir()
     for f in ("data_batch_1", "test_batch"):
         (tmp_path / "cifar-10-batches-py" / f).touch()
-    cfg = sconf.validate({**raw, "datasets": {"cifar10": {"root": str(tmp_path)}}})
+    with pytest.raises(sconf.ConfigError, match="ood.outliers.path"):
+        sconf.validate(raw)
+    raw["ood"]["outliers"]["path"] = str(tmp_path / "300K.npy")
+    (tmp_path / "300K.npy").touch()
+    cfg = sconf.validate(raw)
+    assert cfg["similarity"]["samples"] == 1000 and cfg["ood"]["detector"]["conv"]["width"] == 64
     assert len(sconf.networks(cfg)) == 20
     assert len(sconf.network_pairs(cfg, "inter")) == 2 * 90
