@@ -65,10 +65,14 @@ class AffineStitch(nn.Module):
         return resize(h, self.size) if self.layout == "conv" else h
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.prepare(h)
-        if self.layout == "conv":
-            return F.conv2d(h, self.weight[:, :, None, None], self.bias)
-        return F.linear(h, self.weight, self.bias)
+        if self.layout == "tokens":
+            return F.linear(h, self.weight, self.bias)
+        w = self.weight[:, :, None, None]
+        if self.size is not None and h.shape[-2] * h.shape[-1] < self.size[0] * self.size[1]:
+            # Upsampling: the 1×1 map commutes with bilinear resizing (its weights sum to 1 at every output
+            # position), so map first at the small resolution — the same function, far fewer operations.
+            return resize(F.conv2d(h, w, self.bias), self.size)
+        return F.conv2d(self.prepare(h), w, self.bias)
 
     def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> "AffineStitch":
         with torch.no_grad():

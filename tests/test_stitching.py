@@ -145,3 +145,13 @@ def test_dm_sample_index_is_seeded_sorted_and_checked():
     assert np.array_equal(dm_sample_index(7, "all", 0), np.arange(7))
     with pytest.raises(ValueError, match="dm.samples"):
         dm_sample_index(50, 100, 0)
+
+
+def test_upsampling_stitch_maps_then_resizes_the_same_function(rng):
+    """conv1x1 ∘ resize == resize ∘ conv1x1 for bilinear resizing (weights sum to 1): the cheap order is exact."""
+    s = st.AffineStitch.between((12, 2, 2), (5, 8, 8), "conv")
+    s.set_affine(rng.normal(size=(5, 12)), rng.normal(size=5))
+    h = torch.as_tensor(rng.normal(size=(4, 12, 2, 2)), dtype=torch.float64)
+    s = s.double()
+    reference = torch.nn.functional.conv2d(st.resize(h, (8, 8)), s.weight[:, :, None, None], s.bias)
+    torch.testing.assert_close(s(h), reference, rtol=1e-12, atol=1e-12)
