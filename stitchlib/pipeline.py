@@ -116,10 +116,16 @@ def _stitch_key(src_layer: str, tgt_layer: str) -> str:
     return f"{src_layer}->{tgt_layer}"
 
 
-def _new_stitch(src_h5: str, tgt_h5: str, src_layer: str, tgt_layer: str) -> AffineStitch:
-    with io.open_activations(src_h5) as fs, io.open_activations(tgt_h5) as ft:
-        ds, dt = fs["layers"][src_layer], ft["layers"][tgt_layer]
-        return AffineStitch.between(ds.shape[1:], dt.shape[1:], ds.attrs["layout"])
+def _layer_shapes(h5: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-sample shape and layout of every layer of an activation file, read once."""
+    with io.open_activations(h5) as f:
+        return {name: (d.shape[1:], str(d.attrs["layout"])) for name, d in f["layers"].items()}
+
+
+def _new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str) -> AffineStitch:
+    """A stitch sized from two files' :func:`_layer_shapes`."""
+    (s_shape, layout), (t_shape, _) = src[src_layer], tgt[tgt_layer]
+    return AffineStitch.between(s_shape, t_shape, layout)
 
 
 def dm_sample_index(n: int, samples: int | str, seed: int) -> np.ndarray:
@@ -136,11 +142,11 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, 
     """DM stitches from every source layer to every target layer, fitted on the same K images."""
     n = len(io.read_array(src_train, "labels"))
     idx = dm_sample_index(n, settings["samples"], settings["seed"])
-    stitches = {}
+    stitches, src_shapes, tgt_shapes = {}, _layer_shapes(src_train), _layer_shapes(tgt_train)
     for sl in src_spec["layers"]:
         src = {s: io.read_layer(src_train, sl, idx[s:s + chunk]) for s in range(0, len(idx), chunk)}
         for tl in tgt_spec["layers"]:
-            st = _new_stitch(src_train, tgt_train, sl, tl)
+            st = _new_stitch(src_shapes, tgt_shapes, sl, tl)
             tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
             stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"])
     return stitches
@@ -179,13 +185,13 @@ def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
 
 def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str) -> dict[str, AffineStitch]:
     saved = io.load_state_dict(path)
-    out = {}
+    out, src_shapes, tgt_shapes = {}, _layer_shapes(src_h5), _layer_shapes(tgt_h5)
     for sl in src_spec["layers"]:
         for tl in tgt_spec["layers"]:
             key = _stitch_key(sl, tl)
             if key not in saved:
                 raise ValueError(f"{path}: no stitch {key!r}; rerun the DM job")
-            out[key] = _new_stitch(src_h5, tgt_h5, sl, tl).set_affine(saved[key]["weight"], saved[key]["bias"])
+            out[key] = _new_stitch(src_shapes, tgt_shapes, sl, tl).set_affine(saved[key]["weight"], saved[key]["bias"])
     return out
 
 
