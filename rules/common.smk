@@ -63,7 +63,7 @@ def arch_networks(arch):
 
 
 def index_csvs(dataset):
-    return [f"{R}/similarity/{dataset}/{arch}.csv" for arch in config["architectures"]] \
+    return [f"{R}/similarity/{dataset}/{arch}.csv" for arch in sconf.matrix_architectures(config)] \
         if config["similarity"]["measures"] else []
 
 
@@ -77,7 +77,7 @@ def table_measures():
 
 def heatmap_specs():
     """(measure, architecture, setting) of every heatmap, in the order of heatmaps(dataset)."""
-    return [(m, arch, setting) for m in table_measures() for arch in config["architectures"]
+    return [(m, arch, setting) for m in table_measures() for arch in sconf.matrix_architectures(config)
             for setting in config["stitching"]["settings"]]
 
 
@@ -101,13 +101,18 @@ def ood_score_files(dataset, ext):
 def energy_plots(dataset):
     """Paper 1 Fig. 1c: the first network of each architecture, intra, first layer as the target."""
     return [(m, sconf.network_id(arch, config["seeds"][0]), sconf.layers(config, arch)[0])
-            for m in config["stitching"]["methods"] for arch in config["architectures"]
+            for m in config["stitching"]["methods"] for arch in sconf.matrix_architectures(config)
             if "intra" in config["stitching"]["settings"]]
+
+
+# Each study's rule file appends its final outputs here (a list of functions of the dataset name).
+STUDY_TARGETS = []
 
 
 def all_targets():
     ood = [f"{R}/figures/{d}/ood" for d in config["datasets"]] if config["ood"]["enabled"] else []
-    return [f for d in config["datasets"] for f in table1(d) + heatmaps(d)] + ood
+    studies = [f for d in config["datasets"] for study in STUDY_TARGETS for f in study(d)]
+    return [f for d in config["datasets"] for f in table1(d) + heatmaps(d)] + ood + studies
 
 
 def pair_inputs(w):

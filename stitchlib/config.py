@@ -126,6 +126,10 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
         if not o["outliers"]["path"] or not Path(o["outliers"]["path"]).is_file():
             raise ConfigError(f"ood.outliers.path: {o['outliers']['path']!r} is not a file; source npy needs the "
                               "300K Random Images .npy (N, 32, 32, 3) uint8")
+    for i, arch in enumerate(cfg["stitching"]["architectures"] or []):
+        if arch not in cfg["architectures"]:
+            raise ConfigError(f"stitching.architectures[{i}]: {arch!r} is not under architectures; "
+                              f"known: {sorted(cfg['architectures'])}")
     if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
         raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
 
@@ -141,14 +145,19 @@ def parse_network(net: str) -> tuple[str, int]:
     return arch, int(seed)
 
 
+def matrix_architectures(cfg: dict[str, Any]) -> list[str]:
+    """Architectures of paper 1's studies (``stitching.architectures``, default all)."""
+    return list(cfg["stitching"]["architectures"] or cfg["architectures"])
+
+
 def networks(cfg: dict[str, Any]) -> list[str]:
-    return [network_id(a, s) for a in cfg["architectures"] for s in cfg["seeds"]]
+    return [network_id(a, s) for a in matrix_architectures(cfg) for s in cfg["seeds"]]
 
 
 def network_pairs(cfg: dict[str, Any], setting: str) -> list[tuple[str, str]]:
     """(source, target) network pairs: intra = (n, n); inter = ordered pairs of different seeds."""
     out = []
-    for arch in cfg["architectures"]:
+    for arch in matrix_architectures(cfg):
         if setting == "intra":
             out += [(network_id(arch, s), network_id(arch, s)) for s in cfg["seeds"]]
         else:

@@ -87,3 +87,11 @@ def test_paper1_config_validates_against_a_cifar_layout(tmp_path):
     assert cfg["similarity"]["samples"] == 1000 and cfg["ood"]["detector"]["conv"]["width"] == 64
     assert len(sconf.networks(cfg)) == 20
     assert len(sconf.network_pairs(cfg, "inter")) == 2 * 90
+
+
+def test_stitching_architectures_selects_paper1_networks():
+    cfg = sconf.validate(_with("stitching.architectures", ["resnet18"]))
+    assert sconf.networks(cfg) == ["resnet18-s0", "resnet18-s1", "resnet18-s2"]
+    assert len(sconf.network_pairs(cfg, "inter")) == 6
+    with pytest.raises(sconf.ConfigError, match=r"stitching.architectures\[0\]: 'nope'"):
+        sconf.validate(_with("stitching.architectures", ["nope"]))
