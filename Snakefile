@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded default, unless --configfile names another: a paper config must not inherit the default's
+# datasets and architectures (Snakemake would merge the two).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"
@@ -14,6 +18,9 @@ include: "rules/networks.smk"
 include: "rules/stitching.smk"
 include: "rules/ood.smk"
 include: "rules/tables.smk"
+include: "rules/ding.smk"
+include: "rules/crossarch.smk"
+include: "rules/report.smk"
 
 
 rule all:

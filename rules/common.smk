@@ -123,3 +123,55 @@ def pair_inputs(w):
         "tgt_test": acts(w.dataset, w.tgt, "test"),
         "tgt_ckpt": ckpt(w.dataset, w.tgt),
     }
+
+
+# ----------------------------------------------------------------------------- Ding et al. tests
+
+
+def ding_specs(dataset, arch):
+    return {net: network_spec(config, dataset, net) for net in arch_networks(arch)}
+
+
+def ding_tables(dataset):
+    return [f"{R}/tables/{dataset}/table{t}.{ext}" for t in (2, 3) for ext in ("csv", "md")]
+
+
+# ----------------------------------------------------------------------------- cross-architecture study
+
+
+def cross_state_files(dataset, net, state):
+    """Checkpoint and activation files of a network, trained or at its seeded initialisation ('random')."""
+    if state == "trained":
+        return ckpt(dataset, net), {s: acts(dataset, net, s) for s in ("train", "test")}
+    return f"{R}/models/{dataset}/init/{net}.pt", {s: f"{R}/activations/{dataset}/init/{net}/{s}.h5"
+                                                    for s in ("train", "test")}
+
+
+def cross_pair_inputs(w):
+    src_state, tgt_state = sconf.CONTROLS[w.condition]
+    _, src = cross_state_files(w.dataset, w.src, src_state)
+    tgt_ckpt, tgt = cross_state_files(w.dataset, w.tgt, tgt_state)
+    return {"src_train": src["train"], "src_test": src["test"], "tgt_train": tgt["train"], "tgt_test": tgt["test"],
+            "tgt_ckpt": tgt_ckpt}
+
+
+def cross_pair_file(dataset, condition, method, src, tgt, ext):
+    return f"{R}/stitching/{dataset}/cross/{condition}/{method}/{src}__{tgt}.{ext}"
+
+
+def cross_figures(dataset):
+    """(grid, condition, method) → per-pair matrices figure; method → triangle figure."""
+    jobs = sconf.cross_pairs(config)
+    pairs = {(g, c, m): f"{R}/figures/{dataset}/cross/pairs_{g}_{c}_{m}.png"
+             for g, c in dict.fromkeys((g, c) for g, c, _, _ in jobs) for m in ("dm", "tlm")}
+    triangle = {m: f"{R}/figures/{dataset}/cross/triangle_{m}.png" for m in ("dm", "tlm")} \
+        if config["cross"]["architectures"] else {}
+    return pairs, triangle
+
+
+def cross_targets(dataset):
+    if not sconf.cross_pairs(config):
+        return []
+    pairs, triangle = cross_figures(dataset)
+    return [f"{R}/tables/{dataset}/cross/summary.{e}" for e in ("csv", "md")] + list(triangle.values()) \
+        + list(pairs.values())

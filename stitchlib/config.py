@@ -19,7 +19,7 @@ import yaml
 from stitchlib import catalog
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
-DIGITS_TRAIN_SIZE = 1400
+DIGITS_TRAIN_SIZE, DIGITS_TEST_SIZE = 1400, 397  # stitchlib.data's fixed split of the 1,797 digits
 
 
 # Paper 1: CKA on flattened C·H·W; PWCCA/OPD (and the CCA family) as its public code feeds them.
@@ -120,6 +120,9 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
     k = cfg["dm"]["samples"]
     if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
         raise ConfigError(f"dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
+    n = cfg["similarity"]["samples"]
+    if n != "all" and "digits" in cfg["datasets"] and n > DIGITS_TEST_SIZE:
+        raise ConfigError(f"similarity.samples: {n} is larger than the digits test split ({DIGITS_TEST_SIZE})")
     cfg["similarity"]["reshape"] = {**DEFAULT_RESHAPE, **cfg["similarity"]["reshape"]}
     o = cfg["ood"]
     if o["enabled"] and o["outliers"]["source"] == "npy":
@@ -130,8 +133,37 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
         if arch not in cfg["architectures"]:
             raise ConfigError(f"stitching.architectures[{i}]: {arch!r} is not under architectures; "
                               f"known: {sorted(cfg['architectures'])}")
+    for arch, names in cfg["ding"]["sensitivity"]["layers"].items():
+        where = f"ding.sensitivity.layers.{arch}"
+        if arch not in matrix_architectures(cfg):
+            raise ConfigError(f"{where}: {arch!r} is not one of paper 1's architectures {matrix_architectures(cfg)}")
+        for i, layer in enumerate(names):
+            if layer not in layers(cfg, arch):
+                raise ConfigError(f"{where}[{i}]: {arch} has no stitch point {layer!r}; stitch points: "
+                                  f"{layers(cfg, arch)}")
     if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
         raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
+    _check_cross(cfg)
+
+
+def _check_cross(cfg: dict[str, Any]) -> None:
+    """The cross-architecture study's networks exist and fit it (paper 3's grid needs the resnet family)."""
+    c, archs = cfg["cross"], cfg["architectures"]
+    for key in ("architectures", "conv_vit"):
+        for i, arch in enumerate(c[key] or []):
+            if arch not in archs:
+                raise ConfigError(f"cross.{key}[{i}]: {arch!r} is not under architectures; known: {sorted(archs)}")
+    for i, arch in enumerate(c["architectures"]):
+        if archs[arch]["family"] != "resnet":
+            raise ConfigError(f"cross.architectures[{i}]: {arch!r} has family {archs[arch]['family']!r}; the "
+                              "block-input grid needs family resnet (its stem output is a stitch point)")
+    if c["conv_vit"] and sorted(archs[a]["family"] == "vit" for a in c["conv_vit"]) != [False, True]:
+        raise ConfigError(f"cross.conv_vit: name one conv network and one vit, not {c['conv_vit']}")
+    if cross_tlm_settings(cfg).get("augment", "none") != "none":
+        raise ConfigError("cross.tlm.augment: TLM trains on cached source activations; augmentation is not supported")
+    k = cross_dm_settings(cfg)["samples"]
+    if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
+        raise ConfigError(f"cross.dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -175,5 +207,51 @@ def layers(cfg: dict[str, Any], arch: str) -> list[str]:
     return a["layers"] or catalog.layer_names(a["family"], a["params"])
 
 
+def sensitivity_layers(cfg: dict[str, Any], arch: str) -> list[str]:
+    """Layers of the Ding et al. sensitivity test: as configured, else the last half of the stitch points."""
+    names = layers(cfg, arch)
+    return cfg["ding"]["sensitivity"]["layers"].get(arch) or names[len(names) // 2:]
+
+
 def image_size(cfg: dict[str, Any], dataset: str) -> int:
     return cfg["datasets"][dataset]["image_size"] or catalog.dataset(dataset).image_size
+
+
+# ----------------------------------------------------------------------------- cross-architecture study
+
+# Paper 3's stitch training (Hernandez et al. 2022): 4 epochs of SGD; a 2-epoch warm-up that completes.
+TLM_PRESETS: dict[str, dict[str, Any]] = {
+    "paper3": {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "lr": 0.01, "weight_decay": 0.01,
+               "batch_size": 256, "epochs": 4, "schedule": "cosine", "warmup_epochs": 2},
+    "none": {},
+}
+
+CONTROLS = {  # condition -> (sender state, receiver state)
+    "trained": ("trained", "trained"), "random_sender": ("random", "trained"),
+    "random_receiver": ("trained", "random"), "random_both": ("random", "random"),
+}
+
+
+def cross_tlm_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The top-level tlm settings, then ``cross.tlm.preset``'s values, then the other ``cross.tlm`` keys."""
+    own = dict(cfg["cross"]["tlm"])
+    return canonical({**cfg["tlm"], **TLM_PRESETS[own.pop("preset")], **own})
+
+
+def cross_dm_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    return canonical({**cfg["dm"], **cfg["cross"]["dm"]})
+
+
+def cross_pairs(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(grid, condition, sender network, receiver network) of every stitching job of the study.
+
+    grid 'resnets': every ordered pair of ``cross.architectures`` (a network with itself included), trained
+    and under each control; grid 'conv_vit': the conv network and the ViT both ways, trained.
+    """
+    c = cfg["cross"]
+    nets = [network_id(a, c["seed"]) for a in c["architectures"]]
+    out = [("resnets", cond, s, t) for cond in ["trained", *c["controls"]] for s in nets for t in nets]
+    if c["conv_vit"]:
+        a, b = (network_id(x, c["seed"]) for x in c["conv_vit"])
+        out += [("conv_vit", "trained", a, b), ("conv_vit", "trained", b, a)]
+    return out

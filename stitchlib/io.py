@@ -2,8 +2,15 @@
 
 Every writer goes through :func:`atomic_path`: the content is written to a temporary file in the
 destination folder and moved into place with ``os.replace`` only when complete, so a killed job never
-leaves a file that looks finished. HDF5 activation files additionally carry a ``complete`` attribute
-written last, and readers refuse files without it.
+leaves a file that looks finished. What proves an artifact complete: its presence at the final path
+(nothing else ever appears there), plus for HDF5 activation files a ``complete`` attribute written last
+(readers refuse files without it) and for checkpoints a load of the temporary file with
+``weights_only=True`` before it is moved into place. A job killed mid-write (SIGKILL, full disk, node
+failure) leaves at most a hidden ``.<name>.<random>.tmp`` beside the output: no rule ever reads or
+produces such a name, and the next successful write of the same output removes it.
+
+Readers name the file, and where it applies the layer, and say what was expected: a truncated or foreign
+file, a layer of the wrong shape or non-finite activations are errors, never silently used.
 
 HDF5 activation layout (one file per network and split)::
 
@@ -17,10 +24,12 @@ HDF5 activation layout (one file per network and split)::
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,17 +39,57 @@ import h5py
 import numpy as np
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def temp_files_of(path: str | os.PathLike) -> list[Path]:
+    """Temporary files :func:`atomic_path` created for ``path`` that are still on disk (killed writers):
+    ``.<name>.<random>.tmp``, the random part without dots (so ``x.h5``'s never include ``x.h5.bak``'s)."""
+    path = Path(path)
+    own = re.compile(rf"\.{re.escape(path.name)}\.[^.]+{re.escape(TMP_SUFFIX)}")
+    return sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}") if own.fullmatch(p.name))
+
+
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a temporary file of :func:`atomic_path` (``.<name>.<random>.tmp``)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    The temporary file is ``.<name>.<random>.tmp`` in the destination folder (same file system, so
+    ``os.replace`` is atomic). It gets the permissions a plainly created file would (``0666 & ~umask``,
+    not mkstemp's owner-only 0600), so collaborators sharing a results folder can read it. After a
+    successful move, temporary files left at the same path by earlier killed writers are removed
+    (only one job writes a given output at a time: Snakemake's contract).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
+        for stale in temp_files_of(path):
+            stale.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -109,24 +158,54 @@ def provenance() -> dict[str, str]:
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_state_dict(path: str | os.PathLike, state: dict) -> None:
-    """Save a dict of tensors (a state dict, or nested dicts of tensors) atomically."""
+    """Save a dict of tensors (a state dict, or nested dicts of tensors) atomically.
+
+    The temporary file is loaded back with ``weights_only=True`` and its keys compared before it is moved
+    into place: a checkpoint at its final path has been read successfully at least once.
+    """
     import torch
 
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        back = _load(tmp, Path(path))
+        if _keys(back) != _keys(state):
+            raise RuntimeError(f"checkpoint {path}: reading the written file back gave different keys")
+
+
+def _keys(d: Any, prefix: str = "") -> set[str]:
+    if not isinstance(d, Mapping):
+        return {prefix}
+    return {k for name, v in d.items() for k in _keys(v, f"{prefix}/{name}")}
+
+
+def _load(path: Path, name: Path) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip / EOF / unpickling errors: truncated, foreign, or pickled code
+        refused = re.search(r"Unsupported (?:global|class):? (GLOBAL )?([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and refused:
+            raise ValueError(f"checkpoint {name} is refused: it holds pickled objects other than tensors and plain "
+                             f"containers ({refused.group(2)}), which weights_only=True will not execute; stitchlib "
+                             "never writes such files (do not load it unless you trust its source)") from e
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "unexpected end of file")
+        raise ValueError(f"checkpoint {name} is truncated or corrupt ({type(e).__name__}: {first}); delete it and "
+                         "rerun the job that wrote it") from e
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
-    """Load a tensor dict with ``weights_only=True``: arbitrary pickled objects are refused."""
-    import torch
+    """Load a tensor dict with ``weights_only=True``: arbitrary pickled objects are refused.
 
+    Raises FileNotFoundError when ``path`` is missing and ValueError naming the file when it is truncated,
+    not a torch file, or holds anything but tensors and plain containers.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign / malicious files
-        raise ValueError(f"checkpoint {path} cannot be loaded safely as a tensor dict: {e}") from e
+    return _load(path, path)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -195,12 +274,27 @@ def open_activations(path: str | os.PathLike) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated or foreign?): {e}") from e
+        raise ValueError(f"{path} is not a readable HDF5 file (truncated or foreign?): {e}; delete it and "
+                         "rerun the job that wrote it") from e
     if not f.attrs.get("complete", False) or "layers" not in f:
         f.close()
         raise ValueError(f"{path} is not a complete stitchlib activation file "
                          "(no 'complete' attribute or no /layers group); delete it and rerun")
     return f
+
+
+def check_layer_shapes(path: str | os.PathLike, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise ValueError naming the file, the layer, the expected and the stored per-sample shape when a
+    layer of ``expected`` (name → per-sample shape the network produces) is missing or differs."""
+    with open_activations(path) as f:
+        for layer, shape in expected.items():
+            if layer not in f["layers"]:
+                raise ValueError(f"{path}: no layer {layer!r}; layers are {list(f['layers'])}")
+            found = tuple(f["layers"][layer].shape[1:])
+            if found != tuple(shape):
+                raise ValueError(f"{path}: layer {layer!r} has per-sample shape {found}, but the network "
+                                 f"produces {tuple(shape)} there; the file was written by a different network or "
+                                 "is corrupt: delete it and rerun")
 
 
 def read_layer(path: str | os.PathLike, layer: str, index: np.ndarray | slice | None = None) -> np.ndarray:
@@ -212,7 +306,9 @@ def read_layer(path: str | os.PathLike, layer: str, index: np.ndarray | slice | 
         a = d[()] if index is None else d[index]
     a = np.asarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
-        raise ValueError(f"{path}: layer {layer!r} contains NaN or infinite activations")
+        bad = a.size - int(np.isfinite(a).sum())
+        raise ValueError(f"{path}: layer {layer!r} contains NaN or infinite values ({bad} of {a.size} read); "
+                         "activations must be finite (a diverged network or a corrupt file)")
     return a
 
 

@@ -6,7 +6,9 @@ Every network is a :class:`Stitchable`: ``prefix`` (stem / patch embedding), an 
     front(x, i) = f≤i(x) = blocks[i](… blocks[0](prefix(x)))
     back(h, i)  = f>i(h) = head(blocks[-1](… blocks[i+1](h)))
 
-and ``back(front(x, i), i) == model(x)`` exactly: the same operations in the same order.
+and ``back(front(x, i), i) == model(x)`` exactly: the same operations in the same order. A network with
+``stem_point`` also has its prefix output as the first stitch point (the input of block 0), so that every
+block input is a stitch point; front/back then cut after ``blocks_before(i)`` blocks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Stitchable(nn.Module):
     layer_names: list[str]
     layout: str  # 'conv' (N, C, H, W) or 'tokens' (N, T, D)
     blocks: nn.ModuleList
+    stem_point: bool = False  # True: layer_names[0] is the prefix output (the input of block 0)
 
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -43,14 +46,18 @@ class Stitchable(nn.Module):
         except ValueError:
             raise KeyError(f"{type(self).__name__} has no layer {layer!r}; layers: {self.layer_names}") from None
 
+    def blocks_before(self, layer: str | int) -> int:
+        """How many blocks run before the cut at ``layer`` (see ``catalog.blocks_before``)."""
+        return self.layer_index(layer) + (0 if self.stem_point else 1)
+
     def front(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         h = self.prefix(x)
-        for block in self.blocks[: self.layer_index(layer) + 1]:
+        for block in self.blocks[: self.blocks_before(layer)]:
             h = block(h)
         return h
 
     def back(self, h: torch.Tensor, layer: str | int) -> torch.Tensor:
-        for block in self.blocks[self.layer_index(layer) + 1:]:
+        for block in self.blocks[self.blocks_before(layer):]:
             h = block(h)
         return self.head(h)
 
@@ -59,7 +66,8 @@ class Stitchable(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and every stitch point's activation, in one pass."""
-        h, outs = self.prefix(x), []
+        h = self.prefix(x)
+        outs = [h] if self.stem_point else []
         for block in self.blocks:
             h = block(h)
             outs.append(h)
@@ -89,14 +97,16 @@ class CifarResNet(Stitchable):
     """ResNet with a CIFAR stem (3×3 stride-1 conv, no max-pool), 4 stages of widths w, 2w, 4w, 8w.
 
     ``blocks=(2, 2, 2, 2)`` is ResNet-18 (paper 1); paper 3's R_abcd nets use other counts. Stitch
-    points are the block outputs after each block's final ReLU, named ``layer{stage}.{block}``.
+    points are the block outputs after each block's final ReLU, named ``layer{stage}.{block}``, preceded
+    with ``stem_point`` by the stem output ``stem`` (after its ReLU).
     """
 
     layout = "conv"
 
     def __init__(self, num_classes: int, width: int = 64, stage_blocks: tuple[int, ...] = (2, 2, 2, 2),
-                 in_channels: int = 3):
+                 in_channels: int = 3, stem_point: bool = False):
         super().__init__()
+        self.stem_point = stem_point
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         blocks, c_in = [], width
         for s, n in enumerate(stage_blocks):
@@ -105,7 +115,7 @@ class CifarResNet(Stitchable):
                 blocks.append(BasicBlock(c_in, c_out, 2 if (b == 0 and s > 0) else 1))
                 c_in = c_out
         self.blocks = nn.ModuleList(blocks)
-        self.layer_names = catalog.resnet_layer_names(stage_blocks)
+        self.layer_names = [catalog.STEM] * stem_point + catalog.resnet_layer_names(stage_blocks)
         self.fc = nn.Linear(c_in, num_classes)
 
     def prefix(self, x):
@@ -163,6 +173,12 @@ def register(name: str):
 @register("resnet18")
 def _resnet18(num_classes: int, image_size: int, width: int = 64) -> Stitchable:
     return CifarResNet(num_classes, width=width, stage_blocks=(2, 2, 2, 2))
+
+
+@register("resnet")
+def _resnet(num_classes: int, image_size: int, width: int = 64, stage_blocks=(2, 2, 2, 2)) -> Stitchable:
+    """Paper 3's small ResNet R_abcd (``stage_blocks = [a, b, c, d]``); the stem output is a stitch point."""
+    return CifarResNet(num_classes, width=width, stage_blocks=tuple(stage_blocks), stem_point=True)
 
 
 @register("vit")

@@ -18,7 +18,7 @@ import torch
 
 from stitchlib import config as sconf
 from stitchlib import data, io, models, report
-from stitchlib.stitching import AffineStitch, evaluate, fit_dm, train_tlm
+from stitchlib.stitching import AffineStitch, evaluate, fit_dm, make_stitch, train_tlm
 from stitchlib.train import pick_device, train_network
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,30 @@ def network_spec(cfg: dict[str, Any], dataset: str, net: str) -> dict[str, Any]:
 def build_network(spec: dict[str, Any]) -> models.Stitchable:
     return models.build(spec["family"], num_classes=spec["num_classes"], image_size=spec["image_size"],
                         **spec["params"])
+
+
+_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
+def expected_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Per-sample activation shape the network of ``spec`` produces at each configured layer, from one
+    forward pass of a blank image through an untrained copy (shapes do not depend on the weights)."""
+    import json
+
+    key = json.dumps(spec, sort_keys=True, default=str)
+    if key not in _SHAPES:
+        net, size = build_network(spec).eval(), spec["image_size"]
+        with torch.no_grad():
+            _, outs = net.forward_all(torch.zeros(1, 3, size, size))
+        _SHAPES[key] = {layer: tuple(outs[net.layer_index(layer)].shape[1:]) for layer in spec["layers"]}
+    return _SHAPES[key]
+
+
+def check_activations(spec: dict[str, Any], *paths: str) -> None:
+    """Refuse activation files of ``spec``'s network that are incomplete, foreign, or whose layers do not have
+    the shapes the network produces (the error names the file, the layer and both shapes)."""
+    for path in paths:
+        io.check_layer_shapes(path, expected_shapes(spec))
 
 
 def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -> models.Stitchable:
@@ -104,6 +128,11 @@ def extract(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], batch_size
         with io.ActivationWriter(path, len(ds), attrs, chunk=chunk, dtype=dtype) as w:
             for x, y in data.batches(ds, batch_size):
                 logits, outs = net.forward_all(x.to(dev))
+                for i in keep:
+                    if not torch.isfinite(outs[i]).all():
+                        raise ValueError(f"{spec['net']} (checkpoint {ckpt}) produces NaN or infinite activations "
+                                         f"at layer {net.layer_names[i]!r} on split {split!r}: the network diverged; "
+                                         "retrain it (lower the learning rate) before extracting")
                 w.append(y.numpy(), logits.float().cpu().numpy(),
                          {net.layer_names[i]: outs[i].float().cpu().numpy() for i in keep},
                          {net.layer_names[i]: net.layout for i in keep})
@@ -122,10 +151,10 @@ def _layer_shapes(h5: str) -> dict[str, tuple[tuple[int, ...], str]]:
         return {name: (d.shape[1:], str(d.attrs["layout"])) for name, d in f["layers"].items()}
 
 
-def _new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str) -> AffineStitch:
-    """A stitch sized from two files' :func:`_layer_shapes`."""
-    (s_shape, layout), (t_shape, _) = src[src_layer], tgt[tgt_layer]
-    return AffineStitch.between(s_shape, t_shape, layout)
+def _new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str, conv_stitch: str = "bilinear") -> AffineStitch:
+    """A stitch sized from two files' :func:`_layer_shapes` (``conv_stitch``: see ``stitching.make_stitch``)."""
+    (s_shape, s_layout), (t_shape, t_layout) = src[src_layer], tgt[tgt_layer]
+    return make_stitch(s_shape, t_shape, s_layout, t_layout, conv_stitch)
 
 
 def dm_sample_index(n: int, samples: int | str, seed: int) -> np.ndarray:
@@ -138,7 +167,7 @@ def dm_sample_index(n: int, samples: int | str, seed: int) -> np.ndarray:
 
 
 def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, settings: dict[str, Any],
-                chunk: int = 256) -> dict[str, AffineStitch]:
+                chunk: int = 256, conv_stitch: str = "bilinear") -> dict[str, AffineStitch]:
     """DM stitches from every source layer to every target layer, fitted on the same K images."""
     n = len(io.read_array(src_train, "labels"))
     idx = dm_sample_index(n, settings["samples"], settings["seed"])
@@ -146,7 +175,7 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, 
     for sl in src_spec["layers"]:
         src = {s: io.read_layer(src_train, sl, idx[s:s + chunk]) for s in range(0, len(idx), chunk)}
         for tl in tgt_spec["layers"]:
-            st = _new_stitch(src_shapes, tgt_shapes, sl, tl)
+            st = _new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch)
             tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
             stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"])
     return stitches
@@ -183,7 +212,8 @@ def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
                               for k, s in stitches.items()})
 
 
-def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str) -> dict[str, AffineStitch]:
+def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str,
+                   conv_stitch: str = "bilinear") -> dict[str, AffineStitch]:
     saved = io.load_state_dict(path)
     out, src_shapes, tgt_shapes = {}, _layer_shapes(src_h5), _layer_shapes(tgt_h5)
     for sl in src_spec["layers"]:
@@ -191,16 +221,20 @@ def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str) -> d
             key = _stitch_key(sl, tl)
             if key not in saved:
                 raise ValueError(f"{path}: no stitch {key!r}; rerun the DM job")
-            out[key] = _new_stitch(src_shapes, tgt_shapes, sl, tl).set_affine(saved[key]["weight"], saved[key]["bias"])
+            out[key] = _new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch).set_affine(saved[key]["weight"],
+                                                                                         saved[key]["bias"])
     return out
 
 
 def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-            out_csv: str, device: str = "auto") -> None:
+            out_csv: str, device: str = "auto", conv_stitch: str = "bilinear") -> None:
     """Fit and evaluate DM stitches for every layer pair of one (source, target) network pair."""
     dev = pick_device(device)
+    check_activations(src_spec, inputs["src_train"], inputs["src_test"])
+    check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
     start = time.time()
-    stitches = fit_dm_pair(src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"], settings)
+    stitches = fit_dm_pair(src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"], settings,
+                           conv_stitch=conv_stitch)
     log.info("fitted %d DM stitches in %.1f s", len(stitches), time.time() - start)
     receiver = load_network(tgt_spec, inputs["tgt_ckpt"], dev)
     df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm")
@@ -209,7 +243,7 @@ def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: di
 
 
 def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-             out_csv: str, device: str = "auto") -> None:
+             out_csv: str, device: str = "auto", conv_stitch: str = "bilinear") -> None:
     """Train TLM stitches (initialised from DM) on cached source activations, then evaluate them.
 
     The frozen front half f≤i never runs: its outputs on the training split are read from the
@@ -218,7 +252,10 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
     was measured not to pay; see bench/bench_tlm.py).
     """
     dev = pick_device(device)
-    stitches = _load_stitches(inputs["dm"], src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"])
+    check_activations(src_spec, inputs["src_train"], inputs["src_test"])
+    check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
+    stitches = _load_stitches(inputs["dm"], src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"],
+                              conv_stitch)
     receiver = load_network(tgt_spec, inputs["tgt_ckpt"], dev)
     labels = torch.as_tensor(io.read_array(inputs["tgt_train"], "labels"))
     soft = torch.as_tensor(io.read_array(inputs["tgt_train"], "logits")) if settings["labels"] == "soft" else None
@@ -245,11 +282,14 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     """Every configured structural index for every layer pair of every network pair, from one set of
     per-layer statistics per (network, layer, reshape) computed once from the test-split cache.
 
-    A pair in a degenerate regime (rank ≥ n for CCA-family measures) is recorded as NaN with the reason
-    logged — never a silent 1.
+    A pair in a degenerate regime (:class:`stitchlib.similarity.DegenerateInput`: rank ≥ n − 1 for CCA-family
+    measures, a constant layer) is recorded as NaN with the reason logged — never a silent 1. Any other
+    problem (an incomplete file, a layer of the wrong shape, non-finite activations) fails the job.
     """
     from stitchlib import similarity as sim
 
+    for net, path in test_h5.items():
+        check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
     measures = settings["measures"]
     opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
@@ -259,8 +299,13 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     def get(net: str, layer: str, reshape: str):
         key = (net, layer, reshape)
         if key not in stats:
-            stats[key] = sim.layer_stats_h5(test_h5[net], layer, reshape=reshape, n=n,
-                                            loadings=True if reshape in with_loadings else None)
+            try:
+                stats[key] = sim.layer_stats_h5(test_h5[net], layer, reshape=reshape, n=n,
+                                                loadings=True if reshape in with_loadings else None)
+            except sim.DegenerateInput as e:  # e.g. a constant layer: every pair with it is undefined
+                stats[key] = e
+        if isinstance(stats[key], Exception):
+            raise stats[key]
         return stats[key]
 
     rows, start = [], time.time()
@@ -272,7 +317,7 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                 for ti, tl in enumerate(t["layers"]):
                     try:
                         value = sim.pairwise([get(src, sl, reshape)], [get(tgt, tl, reshape)], [m], **opts)[m][0, 0]
-                    except ValueError as e:
+                    except sim.DegenerateInput as e:
                         log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
                         value = float("nan")
                     rows.append({"measure": report.INDEX_LABELS[m], **_pair_row(s, t, si, sl, ti, tl),
@@ -293,8 +338,10 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
     from stitchlib import ood
 
     dev = pick_device(device)
+    check_activations({**spec, "layers": [layer]}, *inputs.values())
     acts = io.read_layer(inputs["train"], layer)
     layout = io.layer_layout(inputs["train"], layer)
+    torch.manual_seed(settings["seed"])  # the initial weights: torch's default generator is seeded randomly
     det = ood.build_detector(layout, acts.shape[1:], spec["num_classes"], **settings["detector"][layout])
     start = time.time()
     metrics = ood.train_detector(det, acts, io.read_array(inputs["train"], "labels"),
@@ -333,6 +380,8 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], method: str
     from stitchlib import ood
 
     dev = pick_device(device)
+    check_activations(src_spec, inputs["src_test"])
+    check_activations(tgt_spec, inputs["tgt_test"], inputs["tgt_heldout"])
     stitches = _load_stitches(inputs["stitches"], src_spec, tgt_spec, inputs["src_test"], inputs["tgt_test"])
     sources = {sl: io.read_layer(inputs["src_test"], sl) for sl in src_spec["layers"]}
     rows, energies = [], {}

@@ -30,8 +30,10 @@ eagerly); `pairwise` picks "positions" for pairs whose per-sample activation sha
 
 Degenerate regimes: centring leaves n − 1 dimensions, so a layer of rank ≥ n − 1 spans every centred sample
 direction; then all canonical correlations and the in-sample R² are exactly 1.  CCA-family measures, R²_LR and
-DM(struct) raise ValueError there unless ``regularization=eps`` asks for the ridge variant.  A constant layer or
-non-finite activations raise ValueError naming the layer.
+DM(struct) raise `DegenerateInput` (a ValueError) there unless ``regularization=eps`` asks for the ridge variant;
+so do a constant (zero-variance) layer, fewer than 2 rows, and debiased CKA on fewer than 4 rows.  The workflow
+records NaN for such a pair and logs the message.  Non-finite activations raise a plain ValueError naming the
+layer (and the file, from `layer_stats_h5`): a broken input, never recorded as a value.
 """
 
 from __future__ import annotations
@@ -49,11 +51,19 @@ import numpy as np
 import scipy.linalg
 
 __all__ = [
-    "LayerStats", "Paper1Stats", "Measure", "MEASURES", "RESHAPES", "layer_stats", "layer_stats_h5", "pairwise",
-    "similarity", "lcka", "lcka_debiased", "pwcca", "mean_cca", "svcca", "opd", "r2_lr", "dm_struct",
+    "DegenerateInput", "LayerStats", "Paper1Stats", "Measure", "MEASURES", "RESHAPES", "layer_stats",
+    "layer_stats_h5", "pairwise", "similarity", "lcka", "lcka_debiased", "pwcca", "mean_cca", "svcca", "opd",
+    "r2_lr", "dm_struct",
 ]
 
 Array = Any  # numpy.ndarray or torch.Tensor (float64)
+
+
+class DegenerateInput(ValueError):
+    """The measure is undefined, or identically extreme, on these inputs (see the module docstring's
+    "Degenerate regimes"); the message names the layer and says what would make it defined."""
+
+
 Reshape = Literal["flatten", "positions", "pool", "paper1"]
 RESHAPES: dict[str, str] = {
     "flatten": "one row per sample, C·H·W (conv) or T·D (tokens) columns — paper 1's CKA input",
@@ -76,7 +86,7 @@ class _NumpyOps:
     cat = staticmethod(np.concatenate)
     movedim = staticmethod(lambda x: np.moveaxis(x, 1, -1))
     all_finite = staticmethod(lambda x: bool(np.isfinite(x).all()))
-    svd = staticmethod(lambda m: scipy.linalg.svd(m, full_matrices=False, check_finite=False))
+    svd = staticmethod(lambda m, full=False: scipy.linalg.svd(m, full_matrices=full, check_finite=False))
     svdvals = staticmethod(lambda m: scipy.linalg.svdvals(m, check_finite=False))
 
     @staticmethod
@@ -90,7 +100,7 @@ class _TorchOps:
     cat = staticmethod(lambda xs: sys.modules["torch"].cat(xs))
     movedim = staticmethod(lambda x: x.movedim(1, -1))
     all_finite = staticmethod(lambda x: bool(sys.modules["torch"].isfinite(x).all()))
-    svd = staticmethod(lambda m: sys.modules["torch"].linalg.svd(m, full_matrices=False))
+    svd = staticmethod(lambda m, full=False: sys.modules["torch"].linalg.svd(m, full_matrices=full))
     svdvals = staticmethod(lambda m: sys.modules["torch"].linalg.svdvals(m))
 
     @staticmethod
@@ -208,7 +218,7 @@ def _factorise(blocks: Callable[[], Iterator[Array]], rows: int, p: int, *, name
                rtol: float | None, loadings: bool | None, shape: tuple[int, ...], reshape: str) -> LayerStats:
     """Centre in float64 (pass 1: column means), then factorise by the Gram or the covariance route."""
     if rows < 2:
-        raise ValueError(f"layer {name!r}: need at least 2 rows, got {rows}")
+        raise DegenerateInput(f"layer {name!r}: need at least 2 rows, got {rows}")
     route = ("gram" if p >= rows else "cov") if route == "auto" else route
     if route not in ("gram", "cov"):
         raise ValueError(f"route must be 'auto', 'gram' or 'cov', got {route!r}")
@@ -255,8 +265,8 @@ def _factorise(blocks: Callable[[], Iterator[Array]], rows: int, p: int, *, name
 def _check_constant(name: str | None, centred_ss: float, raw_ss: float) -> None:
     """‖X_c‖²_F ≤ 1e-20 ‖X‖²_F (rounding of the means only) means the layer carries no variance."""
     if centred_ss <= 1e-20 * raw_ss:
-        raise ValueError(f"layer {name!r} is constant over the samples (zero variance after centring): "
-                         "similarity to it is undefined")
+        raise DegenerateInput(f"layer {name!r} is constant over the samples (zero variance after centring): "
+                              "similarity to it is undefined")
 
 
 def _stats(read: Callable[[slice], Any], shape: tuple[int, ...], *, name: str | None, reshape: str,
@@ -330,8 +340,11 @@ def layer_stats_h5(path: str, layer: str, *, reshape: Reshape = "flatten", n: in
             def read(sl: slice) -> Any:
                 return torch.from_numpy(ds[sl]).to(device=device, dtype=torch.float64)
 
-        return _stats(read, (n, *ds.shape[1:]), name=layer, reshape=reshape, layout=layout, route=route,
-                      rtol=rtol, loadings=loadings, chunk=chunk)
+        try:
+            return _stats(read, (n, *ds.shape[1:]), name=layer, reshape=reshape, layout=layout, route=route,
+                          rtol=rtol, loadings=loadings, chunk=chunk)
+        except ValueError as e:  # name the file: "layer 'x' contains NaN" alone does not say which network
+            raise type(e)(f"{path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------- pair kernels
@@ -340,11 +353,17 @@ class Options:
     """regularization ε: ridge λ = ε · ‖X_c‖²_F / min(n − 1, p) (ε times the mean of the min(n − 1, p) possibly
     non-zero covariance eigenvalues) added to AᵀA (and BᵀB) in CCA-family measures and R²_LR / DM(struct).
     svcca_variance / svcca_dims: SVCCA keeps the top singular directions explaining this fraction of the
-    variance, or exactly this many (dims wins when given)."""
+    variance, or exactly this many (dims wins when given).
+    pwcca_count: how many canonical pairs PWCCA(A, B) averages over. "rank": min(rank A, rank B), all of them
+    computed correlations. "neurons": Morcos et al.'s code, min(rank A, live neurons of B) — A's directions that
+    B's span cannot match count with ρ = 0 (live = non-constant columns; needs B's loadings). The two agree unless
+    B has fewer dimensions than live neurons: for a low-rank approximation B of A (Ding et al.'s sensitivity
+    test) "rank" gives PWCCA = 1 at every rank, "neurons" the weight share of the directions B keeps."""
 
     regularization: float = 0.0
     svcca_variance: float = 0.99
     svcca_dims: int | None = None
+    pwcca_count: Literal["rank", "neurons"] = "rank"
 
 
 class _Pair:
@@ -378,11 +397,12 @@ class _Pair:
         s = st.s[:k]
         return s / (s**2 + self.ridge(st)) ** 0.5
 
-    def cca(self, measure: str, ka: int, kb: int, vectors: bool) -> tuple[Array, Array | None]:
+    def cca(self, measure: str, ka: int, kb: int, vectors: bool, full: bool = False) -> tuple[Array, Array | None]:
         """Canonical correlations ρ (and left singular vectors X) of the first ka, kb directions.
 
         Unregularised: ρ = σ(U_a[:, :ka]ᵀ U_b[:, :kb]) (whitened bases).  Ridge: ρ = σ(D_a M D_b), the singular
-        values of (AᵀA + λ_a I)^{-1/2} AᵀB (BᵀB + λ_b I)^{-1/2}.
+        values of (AᵀA + λ_a I)^{-1/2} AᵀB (BᵀB + λ_b I)^{-1/2}.  full: X has all ka columns (the directions
+        past min(ka, kb) are A's directions uncorrelated with B).
         """
         if not self.opts.regularization:
             for st, k in ((self.a, ka), (self.b, kb)):
@@ -397,7 +417,7 @@ class _Pair:
             m = da[:, None] * m * db[None, :]
         ops = _ops(m)
         if vectors:
-            X, rho, _ = ops.svd(m)
+            X, rho, _ = ops.svd(m, full)
             return rho.clip(max=1.0), X
         return ops.svdvals(m).clip(max=1.0), None
 
@@ -414,7 +434,7 @@ class _Pair:
 
 def _require_rank(measure: str, st: LayerStats, r: int, n: int) -> None:
     if r >= n - 1:
-        raise ValueError(
+        raise DegenerateInput(
             f"{measure}: layer {st.label} has rank {r} >= n - 1 = {n - 1} (n = {n} rows; centring leaves n - 1 "
             "dimensions), so it spans every sample direction and the measure is identically 1 (0 for dm_struct). "
             "Use more rows (more samples, reshape='positions'), fewer columns (reshape='pool', svcca), "
@@ -437,11 +457,11 @@ def _k_lcka_debiased(q: _Pair) -> float:
     """HSIC_u(K, L) / sqrt(HSIC_u(K, K) HSIC_u(L, L)) with tr(KL) = ‖T‖²_F, tr(K²) = Σ s_a⁴."""
     a, b, n = q.a, q.b, q.n
     if n < 4:
-        raise ValueError(f"lcka_debiased needs n >= 4 rows, got {n}")
+        raise DegenerateInput(f"lcka_debiased needs n >= 4 rows, got {n}")
     kk = _hsic_unbiased(float((a.s**4).sum()), a.gram_diag, a.gram_diag, n)
     ll = _hsic_unbiased(float((b.s**4).sum()), b.gram_diag, b.gram_diag, n)
     if kk <= 0 or ll <= 0:
-        raise ValueError(f"lcka_debiased: unbiased HSIC of {a.label if kk <= 0 else b.label} with itself is "
+        raise DegenerateInput(f"lcka_debiased: unbiased HSIC of {a.label if kk <= 0 else b.label} with itself is "
                          f"{min(kk, ll):.3g} <= 0 (too few rows?)")
     return _hsic_unbiased(float((q.T**2).sum()), a.gram_diag, b.gram_diag, n) / math.sqrt(kk * ll)
 
@@ -470,13 +490,50 @@ def _k_svcca(q: _Pair) -> float:
     return float(rho.mean())
 
 
+def _principal_ties(X: np.ndarray, rho: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    """Canonical directions (columns of X, in A's principal coordinates) with tied correlations are unique only
+    as a subspace, and PWCCA's L1 weights depend on the basis chosen in it. Pick, in each tie group (the
+    columns past len(rho) form the ρ = 0 group), the basis that follows A's principal axes in order: Gram–Schmidt
+    of the projections of e_1, e_2, … onto the group's span. For a low-rank approximation B of A the groups are
+    A's leading and trailing principal directions exactly."""
+    rho = np.concatenate([rho, np.zeros(X.shape[1] - len(rho))])
+    out, start = X.copy(), 0
+    while start < X.shape[1]:
+        end = start + 1
+        while end < X.shape[1] and abs(rho[end] - rho[start]) < tol:
+            end += 1
+        if end - start > 1:
+            Z = X[:, start:end]
+            basis: list[np.ndarray] = []
+            for v in (Z @ Z.T).T:  # projections of e_1, e_2, … onto span(Z)
+                for b in basis:
+                    v = v - (b @ v) * b
+                if np.linalg.norm(v) > 1e-6:
+                    basis.append(v / np.linalg.norm(v))
+                if len(basis) == end - start:
+                    break
+            out[:, start:end] = np.stack(basis, 1)
+        start = end
+    return out
+
+
 def _k_pwcca(q: _Pair) -> float:
     """α_i = ‖L_a h_i‖₁ with h_i the unit-norm i-th canonical variate of A in the U_a basis (X_i, or
     D_a X_i/‖D_a X_i‖ with ridge) and L_a = A_cᵀU_a; PWCCA = Σ α_i ρ_i / Σ α_i."""
     a = q.a
     if a.loadings is None:
         raise ValueError(f"pwcca needs the neuron loadings of layer {a.label}: compute its stats with loadings=True")
-    rho, X = q.cca("pwcca", a.rank, q.b.rank, vectors=True)
+    neurons = q.opts.pwcca_count == "neurons"
+    rho, X = q.cca("pwcca", a.rank, q.b.rank, vectors=True, full=neurons)
+    if neurons:
+        if q.b.loadings is None:
+            raise ValueError(f"pwcca with pwcca_count='neurons' needs the loadings of layer {q.b.label}")
+        host = (lambda t: t.detach().cpu().numpy()) if _is_tensor(X) else np.asarray  # small r × r products
+        var_b = host((q.b.loadings**2).sum(1))
+        c = min(a.rank, int((var_b > 1e-12 * var_b.max()).sum()))
+        rho = np.concatenate([host(rho)[:c], np.zeros(c - min(c, len(rho)))])
+        X = _principal_ties(host(X), rho)[:, :c]
+        X, rho = (X, rho) if not _is_tensor(a.U) else (a.U.new_tensor(X), a.U.new_tensor(rho))
     da = q.whiten(a, a.rank)
     H = X if da is None else da[:, None] * X
     H = H / (H**2).sum(0) ** 0.5
@@ -527,14 +584,15 @@ def _measures(names: Sequence[str]) -> list[Measure]:
 
 def pairwise(stats_a: Sequence[Stats], stats_b: Sequence[Stats],
              measures: Sequence[str] = ("lcka", "lcka_debiased", "opd"), *, regularization: float = 0.0,
-             svcca_variance: float = 0.99, svcca_dims: int | None = None) -> dict[str, np.ndarray]:
+             svcca_variance: float = 0.99, svcca_dims: int | None = None,
+             pwcca_count: Literal["rank", "neurons"] = "rank") -> dict[str, np.ndarray]:
     """Every requested measure for every pair: {measure: len(stats_a) × len(stats_b) float64 matrix}.
 
     Entry [i, j] compares stats_a[i] (the "A" / source side: PWCCA weights, R²_LR and DM(struct) predict B from A)
     with stats_b[j]; the reverse direction is pairwise(stats_b, stats_a, …).T.  M = U_aᵀU_b and T are computed
     once per pair and shared by all measures.  Paper1Stats pairs resolve to positions/pool per pair.
     """
-    opts = Options(regularization, svcca_variance, svcca_dims)
+    opts = Options(regularization, svcca_variance, svcca_dims, pwcca_count)
     ms = _measures(measures)
     out = {m.name: np.full((len(stats_a), len(stats_b)), np.nan) for m in ms}
     for i, a in enumerate(stats_a):

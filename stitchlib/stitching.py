@@ -1,18 +1,30 @@
 """Stitching layers, direct matching (DM) and task loss matching (TLM).
 
 A stitch T maps the source representation f≤i(x) to the receiver's layer j: the stitched network is
-g>j ∘ T ∘ f≤i. T is affine over channels: a 1×1 convolution for conv maps (after a bilinear resize of
-the source to the target's spatial size when they differ, align_corners=False as in paper 1) and one
-affine map applied to every token, CLS included, for ViT tokens.
+g>j ∘ T ∘ f≤i. Every stitch type is T(h) = W·P(h) + b: a fixed linear rearrangement or resampling P of
+the source into the target's layout (``prepare``), then one affine map over channels applied at every
+position or token. :func:`make_stitch` picks the type from the two shapes and layouts:
 
-DM fits T by least squares on "rows": every (sample, position) or (sample, token) is one equation
-y = W x + b. The normal equations are accumulated in float64 over chunks, centred, so the solution on
+=================  ==========================================================================================
+conv → conv        :class:`AffineStitch`: bilinear resize to the target size (align_corners=False) + 1×1 conv
+                   (paper 1); or with ``conv_stitch='paper3'`` :class:`StrideStitch` (k×k conv, stride k) when
+                   the source map is k× larger, :class:`UpsampleStitch` (nearest ×k, 1×1 conv) when k× smaller
+tokens → tokens    :class:`AffineStitch`: one affine map for every token, CLS included (paper 1)
+conv → tokens      :class:`ConvToTokens`: map resized to the patch grid, positions become patch tokens, CLS =
+                   the mean of the patch tokens (paper 1's code with ``cls_token='pool'``)
+tokens → conv      :class:`TokensToConv`: CLS dropped, patch tokens laid out on their grid, resized to the
+                   target size, 1×1 conv (paper 1's code with ``cls_token='drop'``)
+=================  ==========================================================================================
+
+DM fits T by least squares on "rows": every (sample, position) or (sample, token) of P(source) is one
+equation y = W x + b, so DM is exact for every type. The normal equations are accumulated in float64 over chunks, centred, so the solution on
 the whole split is exact (not an average of chunk solutions).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -72,13 +84,129 @@ class AffineStitch(nn.Module):
             # Upsampling: the 1×1 map commutes with bilinear resizing (its weights sum to 1 at every output
             # position), so map first at the small resolution — the same function, far fewer operations.
             return resize(F.conv2d(h, w, self.bias), self.size)
-        return F.conv2d(self.prepare(h), w, self.bias)
+        return F.conv2d(resize(h, self.size), w, self.bias)
 
     def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> "AffineStitch":
         with torch.no_grad():
             self.weight.copy_(torch.as_tensor(w, dtype=self.weight.dtype))
             self.bias.copy_(torch.as_tensor(b, dtype=self.bias.dtype))
         return self
+
+
+class StrideStitch(AffineStitch):
+    """Paper 3's downsampling stitch: a k×k convolution with stride k (source map k× the target's size).
+
+    Affine in each k×k patch of the source: P = space-to-depth (``pixel_unshuffle``, channel order
+    c·k² + row·k + col, the order of the conv kernel's entries), so ``weight`` is (C_out, C_in·k²).
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int):
+        super().__init__(c_in * k * k, c_out, "conv")
+        self.k = k
+
+    def prepare(self, h: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(h, self.k)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        kernel = self.weight.view(len(self.weight), -1, self.k, self.k)
+        return F.conv2d(h, kernel, self.bias, stride=self.k)
+
+
+class UpsampleStitch(AffineStitch):
+    """Paper 3's upsampling stitch: nearest ×k upsampling, then a 1×1 conv (source map k× smaller).
+
+    Nearest upsampling copies pixels, so it commutes with the 1×1 map: ``forward`` maps first, at the
+    small resolution. DM fits on the upsampled rows (each source pixel counted k² times), the same least
+    squares as the stitched map's.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int):
+        super().__init__(c_in, c_out, "conv")
+        self.k = k
+
+    def prepare(self, h: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(h, scale_factor=self.k, mode="nearest")
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.prepare(F.conv2d(h, self.weight[:, :, None, None], self.bias))
+
+
+def _patch_grid(tokens: int) -> int:
+    """Side g of the square patch grid of a ViT sequence of 1 + g² tokens (CLS first)."""
+    g = math.isqrt(tokens - 1)
+    if g * g != tokens - 1:
+        raise ValueError(f"{tokens} tokens are not CLS + a square grid of patch tokens")
+    return g
+
+
+class ConvToTokens(AffineStitch):
+    """Conv map → ViT tokens (paper 1's conv-to-transformer stitch, CLS pooled).
+
+    P: bilinear resize of the map to the g×g patch grid, positions in row-major order as patch tokens
+    (torchvision's patch order), and in front of them the mean over positions as the CLS token; then one
+    affine map per token. So CLS = W·mean + b = the mean of the stitched patch tokens.
+    """
+
+    def __init__(self, c_in: int, c_out: int, grid: int):
+        super().__init__(c_in, c_out, "tokens")
+        self.grid = grid
+
+    def prepare(self, h: torch.Tensor) -> torch.Tensor:
+        patches = resize(h, (self.grid, self.grid)).flatten(2).transpose(1, 2)
+        return torch.cat([patches.mean(1, keepdim=True), patches], 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.prepare(h))
+
+
+class TokensToConv(AffineStitch):
+    """ViT tokens → conv map (paper 1's transformer-to-conv stitch, CLS dropped).
+
+    The patch tokens are laid out on their g×g grid (row-major) as a D-channel map; then the conv
+    :class:`AffineStitch`: bilinear resize to the target size and a 1×1 conv (map first when upsampling).
+    """
+
+    def __init__(self, c_in: int, c_out: int, size: tuple[int, int]):
+        super().__init__(c_in, c_out, "conv", size)
+
+    @staticmethod
+    def grid_map(h: torch.Tensor) -> torch.Tensor:
+        g = _patch_grid(h.shape[1])
+        return h[:, 1:].transpose(1, 2).reshape(len(h), -1, g, g)
+
+    def prepare(self, h: torch.Tensor) -> torch.Tensor:
+        return super().prepare(self.grid_map(h))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.grid_map(h))
+
+
+CONV_STITCHES = ("bilinear", "paper3")
+
+
+def make_stitch(src_shape: tuple, tgt_shape: tuple, src_layout: str, tgt_layout: str,
+                conv_stitch: str = "bilinear") -> AffineStitch:
+    """The stitch between per-sample shapes (C, H, W) / (T, D) of source and target (table above).
+
+    ``conv_stitch`` chooses between conv maps of different sizes: 'bilinear' (paper 1) or 'paper3'.
+    """
+    if conv_stitch not in CONV_STITCHES:
+        raise ValueError(f"conv_stitch must be one of {CONV_STITCHES}, not {conv_stitch!r}")
+    layouts = (src_layout, tgt_layout)
+    if layouts == ("conv", "tokens"):
+        return ConvToTokens(src_shape[0], tgt_shape[-1], _patch_grid(tgt_shape[0]))
+    if layouts == ("tokens", "conv"):
+        return TokensToConv(src_shape[-1], tgt_shape[0], tgt_shape[1:])
+    if src_layout != tgt_layout:
+        raise ValueError(f"no stitch from layout {src_layout!r} to {tgt_layout!r}")
+    s_hw, t_hw = tuple(src_shape[1:]), tuple(tgt_shape[1:])
+    if src_layout == "tokens" or conv_stitch == "bilinear" or s_hw == t_hw:
+        return AffineStitch.between(src_shape, tgt_shape, src_layout)
+    big, small = (s_hw, t_hw) if s_hw[0] > t_hw[0] else (t_hw, s_hw)
+    k = big[0] // small[0]
+    if big != tuple(k * x for x in small):
+        raise ValueError(f"maps {s_hw} and {t_hw} are not k× each other; use conv_stitch='bilinear'")
+    return (StrideStitch if big == s_hw else UpsampleStitch)(src_shape[0], tgt_shape[0], k)
 
 
 # ----------------------------------------------------------------------------- direct matching

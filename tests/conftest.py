@@ -28,3 +28,41 @@ def trained_resnet(digits16):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# ----------------------------------------------------------------------------- reliability counts
+
+RELIABILITY = {  # marker -> what a passing test of it shows (tests/test_reliability.py, tests/test_config.py)
+    "malformed_config": "malformed configs rejected with the key path",
+    "corrupt_input": "corrupt or odd inputs refused or given a documented value",
+    "fault_injection": "SIGKILLs survived (resumed to identical tables)",
+}
+
+
+def pytest_configure(config):
+    for name, what in RELIABILITY.items():
+        config.addinivalue_line("markers", f"{name}: counted in the summary line '{what}'")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tag each test's call report with its reliability markers and case count (``record_property('cases', n)``
+    for a test that covers several cases, e.g. one run killed three times)."""
+    report = (yield).get_result()
+    if report.when == "call":
+        report.reliability = [m.name for m in item.iter_markers() if m.name in RELIABILITY]
+
+
+def pytest_terminal_summary(terminalreporter):
+    counts = {name: [0, 0] for name in RELIABILITY}  # passed cases, failed tests
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name in getattr(report, "reliability", []):
+                if outcome == "passed":
+                    counts[name][0] += int(dict(report.user_properties).get("cases", 1))
+                else:
+                    counts[name][1] += 1
+    if any(p or f for p, f in counts.values()):
+        terminalreporter.section("reliability suites")
+        for name, (passed, failed) in counts.items():
+            terminalreporter.write_line(f"{RELIABILITY[name]}: {passed}" + (f" ({failed} FAILED)" if failed else ""))

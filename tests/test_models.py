@@ -4,7 +4,8 @@ import torch
 from stitchlib import catalog, models
 from stitchlib.stitching import AffineStitch
 
-ARCHS = [("resnet18", dict(width=8)), ("vit", dict(patch_size=4, depth=4, heads=2, hidden_dim=16, mlp_dim=32))]
+ARCHS = [("resnet18", dict(width=8)), ("vit", dict(patch_size=4, depth=4, heads=2, hidden_dim=16, mlp_dim=32)),
+         ("resnet", dict(width=4, stage_blocks=[1, 2, 1, 1]))]
 
 
 @pytest.mark.parametrize("family,params", ARCHS)
@@ -40,6 +41,30 @@ def test_layer_names_match_catalog():
     assert models.build("resnet18", num_classes=10, image_size=16, width=4).layer_names == \
         catalog.layer_names("resnet18", {}) == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
     assert catalog.layer_names("vit", {"depth": 3}) == ["block0", "block1", "block2"]
+    r = models.build("resnet", num_classes=10, image_size=16, width=4, stage_blocks=[1, 2, 1, 1])
+    assert r.layer_names == catalog.layer_names("resnet", {"stage_blocks": [1, 2, 1, 1]}) == \
+        ["stem", "layer1.0", "layer2.0", "layer2.1", "layer3.0", "layer4.0"]
+    assert catalog.blocks_before("resnet", {"stage_blocks": [1, 2, 1, 1]}) == \
+        ({name: i for i, name in enumerate(r.layer_names)}, 5)
+    assert catalog.blocks_before("resnet18", {}) == ({f"layer{s}.{b}": 2 * s - 1 + b for s in range(1, 5)
+                                                      for b in range(2)}, 8)
+
+
+def test_small_resnet_stem_point_is_the_input_of_block_0():
+    """Paper 3's R_abcd: the stem output is a stitch point, so every block input is one; R2222 has
+    ResNet-18's blocks and parameters."""
+    torch.manual_seed(0)
+    r = models.build("resnet", num_classes=10, image_size=16, width=4, stage_blocks=[2, 2, 2, 2]).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(r.front(x, "stem"), r.stem(x))
+        assert torch.equal(r.front(x, "layer1.0"), r.blocks[0](r.stem(x)))
+    torch.manual_seed(0)
+    r18 = models.build("resnet18", num_classes=10, image_size=16, width=4)
+    assert r18.state_dict().keys() == r.state_dict().keys()
+    assert all(torch.equal(v, r.state_dict()[k]) for k, v in r18.state_dict().items())
+    with pytest.raises(ValueError, match="stage_blocks"):
+        catalog.layer_names("resnet", {"stage_blocks": [2, 0]})
 
 
 def test_resnet_shapes_follow_paper1():

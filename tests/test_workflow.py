@@ -43,11 +43,15 @@ def write_config(tmp_path, base: Path, **changes) -> Path:
 
 def test_default_config_dry_run_job_counts(tmp_path):
     out = smk("-n", "--configfile", str(ROOT / "config.yaml"), cwd=tmp_path)
-    # 2 architectures × 3 seeds = 6 networks; per arch 3 intra + 6 inter pairs = 9 → 18 pairs per method
-    # one OOD detector per (network, layer): 3 × 8 ResNet blocks + 3 × 6 ViT blocks = 42
-    assert job_counts(out.stdout) == {"train": 6, "extract": 6, "dm": 18, "tlm": 18, "indices": 2,
+    # paper 1: 2 architectures × 3 seeds = 6 networks; per arch 3 intra + 6 inter pairs = 9 → 18 pairs per method
+    # one OOD detector per (network, layer): 3 × 8 ResNet blocks + 3 × 6 ViT blocks = 42; Ding tests: probes and
+    # low-rank families per network, specificity per architecture. Paper 3: 3 small ResNets (trained + their
+    # initialisations), 9 ordered pairs × (trained, random sender, random receiver) + resnet18 ↔ vit = 29 pair jobs
+    assert job_counts(out.stdout) == {"train": 9, "extract": 9, "dm": 18, "tlm": 18, "indices": 2,
                                       "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1,
-                                      "outliers": 6, "detector": 42, "ood_scores": 36, "ood_figures": 1}
+                                      "outliers": 6, "detector": 42, "ood_scores": 36, "ood_figures": 1,
+                                      "probes": 6, "sensitivity": 6, "specificity": 2, "ding_tables": 1,
+                                      "cross_init": 3, "cross_pair": 29, "cross_report": 1, "report": 1}
 
 
 def test_one_table_builds_only_its_ancestors(tmp_path):
@@ -105,9 +109,62 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     assert "tlm_rn_intra.png" in figs and "dm_vit_inter.png" in figs and "energy_tlm_rn-s0_layer1.0.png" in figs
     assert all(d.stem for d in (res / "ood/digits/detectors/rn-s0").glob("*.json"))
 
+    # Ding et al. tests: Tables 2 and 3 filled for both architectures, with the reference consistent.
+    for t in (2, 3):
+        table = pd.read_csv(res / f"tables/digits/table{t}.csv")
+        assert set(table.measure) == {"LCKA", "PWCCA", "OPD", "DM (func.)", "DM (struct.)"}
+        md = (res / f"tables/digits/table{t}.md").read_text()
+        assert table.tau.dropna().between(-1, 1).all() and "nan" not in md
+        assert "| digits | rn |" in md and "| digits | vit |" in md
+    sens = pd.read_csv(res / "ding/digits/sensitivity/rn-s0.csv")
+    assert set(sens.layer) == {"layer3.1", "layer4.1"} and sens.groupby("layer").reference.sum().eq(1).all()
+    ref = sens[sens.reference]
+    net_acc = pd.read_csv(res / "stitching/digits/dm/rn-s0__rn-s0.csv").receiver_accuracy.iloc[0]
+    assert (ref.dm_accuracy == net_acc).all() and (ref[["d_lcka", "d_opd", "d_dm_struct"]].abs() < 1e-9).all().all()
+    full = sens[sens["rank"] == sens.channels]
+    assert (full.probe_accuracy.to_numpy() == pd.read_csv(res / "ding/digits/probes/rn-s0.csv").set_index("layer")
+            .probe_accuracy[full.layer].to_numpy()).all()  # the full-rank member is the layer itself
+    spec = pd.read_csv(res / "ding/digits/specificity/rn.csv")
+    assert len(spec) == 2 * 4 and spec.reference.sum() == 1
+
+    # One HTML file holds every table and figure of the run.
+    page = (res / "report.html").read_text()
+    figures = list((res / "figures").rglob("*.png"))
+    assert page.count("data:image/png;base64,") == len(figures) > 40 and "Table 3: specificity test" in page
+
     # Nothing left to do; a TLM change reruns TLM and what depends on it, never training or extraction.
     assert "Nothing to be done" in smk("-n", "--configfile", str(tiny), cwd=tmp_path).stdout
     changed = write_config(tmp_path, tiny, **{"tlm.epochs": 2})
     counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
     assert counts == {"tlm": 8, "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1, "ood_scores": 8,
-                      "ood_figures": 1}
+                      "ood_figures": 1, "report": 1}
+
+
+def _fake_data(tmp_path, raw: dict) -> dict:
+    """Point a paper config at empty files with the expected layout, so it validates and dry-runs here."""
+    for name, d in raw["datasets"].items():
+        root = tmp_path / "data" / name
+        for p in {"cifar10": ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"],
+                  "svhn": ["train_32x32.mat", "test_32x32.mat"], "imagenet": ["train/n0/a.JPEG", "val/n0/a.JPEG"]}[name]:
+            (root / p).parent.mkdir(parents=True, exist_ok=True)
+            (root / p).touch()
+        d["root"] = str(root)
+    if raw.get("ood", {}).get("outliers", {}).get("source") == "npy":
+        (tmp_path / "300K.npy").touch()
+        raw["ood"]["outliers"]["path"] = str(tmp_path / "300K.npy")
+    return raw
+
+
+@pytest.mark.parametrize("name,dataset,seeds", [("paper1-cifar10", "cifar10", 10), ("paper1-svhn", "svhn", 10),
+                                                ("paper1-imagenet", "imagenet", 5)])
+def test_paper1_configs_dry_run_with_tables_2_and_3(tmp_path, name, dataset, seeds):
+    raw = _fake_data(tmp_path, yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text()))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    res = raw["results"]
+    out = smk("-n", f"{res}/tables/{dataset}/table2.md", f"{res}/tables/{dataset}/table1.md",
+              "--configfile", str(cfg), cwd=tmp_path)
+    nets, pairs = 2 * seeds, 2 * seeds * seeds  # intra (s, s) and inter (s, t ≠ s) ordered pairs per architecture
+    assert job_counts(out.stdout) == {"train": nets, "extract": nets, "dm": pairs, "tlm": pairs, "indices": 2,
+                                      "similarity_table": 1, "table1": 1, "probes": nets, "sensitivity": nets,
+                                      "specificity": 2, "ding_tables": 1}

@@ -1,0 +1,89 @@
+# Cross-architecture stitching (paper 3's small-ResNet grid; conv ↔ ViT as in paper 1's code): one job per
+# (condition, sender network, receiver network) fits DM and trains TLM for every block output × block input,
+# random controls are the networks' seeded initialisations, one job writes the tables and figures.
+# Its input and path functions are in common.smk.
+
+
+STUDY_TARGETS.append(cross_targets)
+
+
+rule cross_init:
+    output:
+        ckpt=f"{R}/models/{{dataset}}/init/{{net}}.pt",
+        train=f"{R}/activations/{{dataset}}/init/{{net}}/train.h5",
+        test=f"{R}/activations/{{dataset}}/init/{{net}}/test.h5",
+    params:
+        spec=lambda w: network_spec(config, w.dataset, w.net),
+        settings=config["extract"],
+        device=config["device"],
+    log:
+        f"{R}/logs/cross_init/{{dataset}}/{{net}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/cross_init.py"
+
+
+rule cross_pair:
+    input:
+        unpack(cross_pair_inputs),
+    output:
+        dm_pt=cross_pair_file("{dataset}", "{condition}", "dm", "{src}", "{tgt}", "pt"),
+        dm_csv=cross_pair_file("{dataset}", "{condition}", "dm", "{src}", "{tgt}", "csv"),
+        tlm_pt=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "pt"),
+        tlm_csv=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "csv"),
+    wildcard_constraints:
+        condition="|".join(sconf.CONTROLS),
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        dm=sconf.cross_dm_settings(config),
+        tlm=sconf.cross_tlm_settings(config),
+        conv_stitch=config["cross"]["stitch"],
+        device=config["device"],
+    log:
+        f"{R}/logs/cross_pair/{{dataset}}/{{condition}}/{{src}}__{{tgt}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/cross_pair.py"
+
+
+rule cross_report:
+    input:
+        dm=lambda w: [cross_pair_file(w.dataset, c, "dm", s, t, "csv") for _, c, s, t in sconf.cross_pairs(config)],
+        tlm=lambda w: [cross_pair_file(w.dataset, c, "tlm", s, t, "csv") for _, c, s, t in sconf.cross_pairs(config)],
+    output:
+        table=f"{R}/matrices/{{dataset}}/cross/stitches.csv",
+        summary_csv=f"{R}/tables/{{dataset}}/cross/summary.csv",
+        summary_md=f"{R}/tables/{{dataset}}/cross/summary.md",
+        figures=[f for figures in cross_figures("{dataset}") for f in figures.values()],
+    params:
+        figures=lambda w: cross_figures(w.dataset),
+        jobs=sconf.cross_pairs(config),
+        specs=lambda w: {net: network_spec(config, w.dataset, net)
+                         for _, _, s, t in sconf.cross_pairs(config) for net in (s, t)},
+    log:
+        f"{R}/logs/cross_report/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/cross_report.py"
+
+
+# `snakemake cross`: this study's outputs only.
+rule cross:
+    input:
+        [f for d in config["datasets"] for f in cross_targets(d)],

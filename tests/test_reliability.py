@@ -1,0 +1,382 @@
+"""Reliability and safety (issue 8): killed writers, corrupt or odd inputs, untrusted checkpoints, paths,
+parallel readers, and — running the tiny workflow for real — reproducibility and SIGKILL fault injection.
+
+Markers feed the summary printed at the end of the test run (tests/conftest.py): ``corrupt_input``,
+``fault_injection`` (tests/test_config.py marks ``malformed_config``).
+"""
+
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stitchlib import catalog, data, io, pipeline
+from stitchlib import config as sconf
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+sys.path.insert(0, str(ROOT / "tools"))
+import fault_injection as fi  # noqa: E402
+
+corrupt = pytest.mark.corrupt_input
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg():
+    return sconf.validate(yaml.safe_load(TINY.read_text()))
+
+
+def spec(cfg, net="rn-s0"):
+    return pipeline.network_spec(cfg, "digits", net)
+
+
+def write_h5(path, layers: dict[str, np.ndarray], layout="conv"):
+    """An activation file holding ``layers`` (name → (N, ...) array), labels 0..N−1."""
+    n = len(next(iter(layers.values())))
+    with io.ActivationWriter(path, n, {"network": "test"}) as w:
+        w.append(np.arange(n), np.zeros((n, 10), np.float32), layers, {k: layout for k in layers})
+    return str(path)
+
+
+def files_for(s, path, n=40, rng=None, **override):
+    """An activation file with every layer of network spec ``s`` at the shape the network produces."""
+    rng = rng or np.random.default_rng(0)
+    layers = {k: rng.standard_normal((n, *shape)).astype(np.float32)
+              for k, shape in pipeline.expected_shapes(s).items()}
+    return write_h5(path, {**layers, **override})
+
+
+# ----------------------------------------------------------------------------- killed writers
+
+def test_sigkilled_writer_leaves_only_an_ignorable_temp_file_cleaned_by_the_next_write(tmp_path):
+    target = tmp_path / "models" / "net-s0.pt"
+    code = ("import os, signal, sys; from stitchlib import io\n"
+            "with io.atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'PK half a checkpoint')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT)
+    assert out.returncode == -signal.SIGKILL
+    assert not target.exists()
+    (left,) = io.temp_files_of(target)
+    assert left.name.startswith(".net-s0.pt.") and left.name.endswith(".tmp") and io.is_temp_file(left)
+    assert not io.is_temp_file(target) and not io.is_temp_file(tmp_path / "table1.md")
+    io.save_state_dict(target, {"w": torch.arange(3.0)})
+    assert io.temp_files_of(target) == [] and torch.equal(io.load_state_dict(target)["w"], torch.arange(3.0))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by collaborators, not mkstemp's 0600
+
+
+@corrupt
+def test_checkpoint_is_verified_before_it_is_moved_into_place(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def save_truncated(obj, f):  # a disk that fills up mid-write
+        real_save(obj, f)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])
+
+    monkeypatch.setattr(torch, "save", save_truncated)
+    target = tmp_path / "net.pt"
+    with pytest.raises(ValueError, match=r"net\.pt is truncated or corrupt"):
+        io.save_state_dict(target, {"w": torch.ones(1000)})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- corrupt checkpoints
+
+@corrupt
+@pytest.mark.parametrize("cut", ["empty", "half", "last_bytes", "not_torch"])
+def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path, cut):
+    p = tmp_path / "rn-s0.pt"
+    io.save_state_dict(p, {"conv.weight": torch.randn(16, 3, 3, 3), "fc.bias": torch.zeros(10)})
+    b = p.read_bytes()
+    p.write_bytes({"empty": b"", "half": b[:len(b) // 2], "last_bytes": b[:-10], "not_torch": b"key,value\n1,2\n"}[cut])
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(p))} is truncated or corrupt .*delete it"):
+        io.load_state_dict(p)
+
+
+def test_malicious_pickle_checkpoint_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # unpickling would call open(marker, "w"): create a file
+            return (open, (str(marker), "w"))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"weight": torch.ones(2), "extra": Payload()}, p)
+    with pytest.raises(ValueError, match=r"evil\.pt is refused: it holds pickled objects other than tensors"):
+        io.load_state_dict(p)
+    assert not marker.exists()
+
+
+@corrupt
+def test_checkpoint_of_another_architecture_names_the_file(tmp_path, tiny_cfg):
+    p = tmp_path / "rn-s0.pt"
+    io.save_state_dict(p, {"fc.weight": torch.zeros(10, 4)})
+    with pytest.raises(ValueError, match=r"checkpoint .*rn-s0\.pt does not fit resnet18"):
+        pipeline.load_network(spec(tiny_cfg), p, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- corrupt activation files
+
+@corrupt
+@pytest.mark.parametrize("kind", ["truncated", "foreign_hdf5", "not_hdf5", "killed_writer_temp"])
+def test_truncated_or_foreign_activation_file_is_refused(tmp_path, tiny_cfg, kind):
+    s = spec(tiny_cfg)
+    p = tmp_path / "test.h5"
+    files_for(s, p)
+    if kind == "truncated":
+        p.write_bytes(p.read_bytes()[:4096])
+        expected = r"test\.h5 is not a readable HDF5 file .*delete it and rerun"
+    elif kind == "foreign_hdf5":
+        with h5py.File(p, "w") as f:
+            f["layers/layer1.0"] = np.zeros((40, 4, 16, 16), np.float32)  # right shape, no completion attribute
+        expected = r"test\.h5 is not a complete stitchlib activation file"
+    elif kind == "not_hdf5":
+        p.write_text("layer,value\n")
+        expected = r"test\.h5 is not a readable HDF5 file"
+    else:  # a writer killed before the rename: only the temporary file exists
+        code = ("import os, signal, sys, numpy as np; from stitchlib import io\n"
+                "w = io.ActivationWriter(sys.argv[1], 8, {})\n"
+                "w.append(np.arange(4), np.zeros((4, 2), np.float32), {'a': np.ones((4, 3))}, {'a': 'tokens'})\n"
+                "w.f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+        p.unlink()
+        assert subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT).returncode == -signal.SIGKILL
+        assert io.temp_files_of(p)
+        with pytest.raises(ValueError, match=r"\.test\.h5\..*\.tmp is not a complete stitchlib activation file"):
+            io.open_activations(io.temp_files_of(p)[0])  # even read by mistake, the temp file is refused
+        expected = r"activation file .*test\.h5 does not exist"
+    with pytest.raises((ValueError, FileNotFoundError), match=expected):
+        pipeline.check_activations(s, str(p))
+
+
+@corrupt
+def test_layer_of_the_wrong_shape_names_file_layer_and_both_shapes(tmp_path, tiny_cfg):
+    s = spec(tiny_cfg)
+    assert pipeline.expected_shapes(s)["layer2.1"] == (8, 8, 8)
+    good = files_for(s, tmp_path / "train.h5")
+    bad = files_for(s, tmp_path / "test.h5", **{"layer2.1": np.zeros((40, 8, 4, 4), np.float32)})
+    inputs = {"src_train": good, "src_test": bad, "tgt_train": good, "tgt_test": good, "tgt_ckpt": "unused.pt"}
+    msg = r"test\.h5: layer 'layer2\.1' has per-sample shape \(8, 4, 4\), but the network produces \(8, 8, 8\)"
+    with pytest.raises(ValueError, match=msg):  # the DM job refuses it before fitting anything
+        pipeline.dm_pair(s, s, inputs, tiny_cfg["dm"], str(tmp_path / "dm.pt"), str(tmp_path / "dm.csv"))
+    assert not (tmp_path / "dm.pt").exists()
+
+
+@corrupt
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_activations_fail_the_indices_job_naming_file_and_layer(tmp_path, tiny_cfg, bad):
+    s0, s1 = spec(tiny_cfg, "rn-s0"), spec(tiny_cfg, "rn-s1")
+    x = np.random.default_rng(1).standard_normal((40, 16, 4, 4)).astype(np.float32)
+    x[7, 3, 1, 2] = bad
+    h5 = {"rn-s0": files_for(s0, tmp_path / "a.h5"), "rn-s1": files_for(s1, tmp_path / "b.h5", **{"layer3.1": x})}
+    settings = {**tiny_cfg["similarity"], "measures": ["lcka"]}
+    with pytest.raises(ValueError, match=r"b\.h5: layer 'layer3\.1': activations contain NaN or inf"):
+        pipeline.similarity_indices({"rn-s0": s0, "rn-s1": s1}, h5, [("rn-s0", "rn-s1")], settings,
+                                    str(tmp_path / "out.csv"))
+    assert not (tmp_path / "out.csv").exists()
+    with pytest.raises(ValueError, match=r"b\.h5: layer 'layer3\.1' contains NaN or infinite values \(1 of"):
+        io.read_layer(h5["rn-s1"], "layer3.1")  # what DM, TLM, detectors and OOD scores read through
+
+
+@corrupt
+def test_diverged_network_fails_extraction_naming_network_and_layer(tmp_path, tiny_cfg):
+    s = spec(tiny_cfg)
+    torch.manual_seed(0)
+    net = pipeline.build_network(s)
+    state = {k: v.fill_(float("nan")) if k == "blocks.3.conv1.weight" else v  # block 3: layer2.1
+             for k, v in net.state_dict().items()}
+    io.save_state_dict(tmp_path / "rn-s0.pt", state)
+    with pytest.raises(ValueError, match=r"rn-s0 \(checkpoint .*rn-s0\.pt\) produces NaN or infinite activations at "
+                                         r"layer 'layer2\.1' on split 'test'"):
+        pipeline.extract(s, str(tmp_path / "rn-s0.pt"), {"test": str(tmp_path / "test.h5")}, device="cpu")
+    assert not (tmp_path / "test.h5").exists()
+
+
+@corrupt
+def test_constant_layer_gives_documented_nan_and_a_logged_reason(tmp_path, tiny_cfg, caplog):
+    s0, s1 = spec(tiny_cfg, "rn-s0"), spec(tiny_cfg, "rn-s1")
+    h5 = {"rn-s0": files_for(s0, tmp_path / "a.h5"),
+          "rn-s1": files_for(s1, tmp_path / "b.h5", **{"layer2.1": np.full((40, 8, 8, 8), 0.5, np.float32)})}
+    settings = {**tiny_cfg["similarity"], "measures": ["lcka", "opd"]}
+    out = tmp_path / "out.csv"
+    with caplog.at_level("WARNING", logger="stitchlib.pipeline"):
+        pipeline.similarity_indices({"rn-s0": s0, "rn-s1": s1}, h5, [("rn-s0", "rn-s1")], settings, str(out))
+    t = pd.read_csv(out)
+    dead = t.target_layer == "layer2.1"
+    assert len(t) == 2 * 16 and t[dead].value.isna().all() and t[~dead].value.notna().all()
+    assert "layer 'layer2.1' is constant over the samples" in caplog.text
+
+
+# ----------------------------------------------------------------------------- datasets
+
+@corrupt
+@pytest.mark.parametrize("case", ["cifar_root_inside", "imagenet_no_classes", "imagenet_train_is_file", "svhn_empty"])
+def test_dataset_folder_with_the_wrong_layout_names_path_and_expected_layout(tmp_path, case):
+    if case == "cifar_root_inside":  # the common slip: root is the extracted folder itself
+        root = tmp_path / "cifar-10-batches-py"
+        root.mkdir()
+        for f in ("data_batch_1", "test_batch"):
+            (root / f).touch()
+        name, msg = "cifar10", (rf"{root}/cifar-10-batches-py/data_batch_1 does not exist; dataset 'cifar10' expects "
+                                rf"under {root}: cifar-10-batches-py/data_batch_1, cifar-10-batches-py/test_batch "
+                                rf"\(root points inside the dataset: use its parent {tmp_path}\)")
+    elif case == "imagenet_no_classes":
+        root = tmp_path
+        (root / "train").mkdir()
+        (root / "val" / "n01440764").mkdir(parents=True)
+        name, msg = "imagenet", rf"{root}/train holds no class folders; dataset 'imagenet' expects under {root}: " \
+            "train/, val/"
+    elif case == "imagenet_train_is_file":
+        root = tmp_path
+        (root / "train").write_text("")
+        name, msg = "imagenet", rf"{root}/train is not a folder; dataset 'imagenet' expects under {root}: train/, val/"
+    else:
+        root = tmp_path
+        name, msg = "svhn", rf"{root}/train_32x32.mat does not exist; dataset 'svhn' expects under {root}"
+    with pytest.raises(FileNotFoundError, match=f"datasets.{name}.root: {msg}"):
+        catalog.check_dataset(name, str(root))
+    with pytest.raises(FileNotFoundError, match=msg):  # a job that loads the data stops the same way
+        data.load(name, "test", root=str(root))
+
+
+# ----------------------------------------------------------------------------- safety
+
+@pytest.fixture(scope="module")
+def workflow_rules(tmp_path_factory):
+    """The rules of the workflow as Snakemake parses them for the tiny config (results folder ``results``)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile",
+                          config_settings=ConfigSettings(configfiles=[TINY], config={"results": "results"}),
+                          workdir=tmp_path_factory.mktemp("rules"))
+        return list(wf._workflow.rules)
+
+
+ESCAPES = ["..", ".", "../x", "a/b", "/etc/passwd", "x/../../y", "", "a\nb", "$(touch x)", "a b", "`id`"]
+
+
+def test_wildcards_cannot_leave_the_results_folder(workflow_rules):
+    outputs = [str(o) for r in workflow_rules for o in r.output]
+    assert len(outputs) > 20
+    for pattern in outputs:
+        assert pattern.startswith("results/"), pattern
+        assert not pattern.endswith(io.TMP_SUFFIX), pattern  # a temporary file is never an output
+        for segment in pattern.split("/"):
+            for name, regex in re.findall(r"\{(\w+)(?:,((?:[^{}]|\{\d*,?\d*\})+))?\}", segment):
+                assert regex, f"{pattern}: wildcard {name!r} has no constraint (Snakemake's default .+ matches '/')"
+                whole = segment == f"{{{name},{regex}}}"
+                for bad in ESCAPES:
+                    if bad in (".", "..") and not whole:
+                        continue  # inside a name ("{layer}.pt"), a dot cannot form a parent-directory segment
+                    assert not re.fullmatch(regex, bad), f"{pattern}: {name}={bad!r} would be accepted"
+    escapes = ["results/models/digits/../../../etc/passwd.pt", "results/../elsewhere/models/digits/rn-s0.pt",
+               "results/activations/digits/../rn-s0/test.h5", "/etc/results/models/digits/rn-s0.pt"]
+    for r in workflow_rules:
+        for o in r.output:
+            for path in escapes:
+                assert not o.regex().match(path), f"rule {r.name} would produce {path}"
+
+
+def test_no_rule_passes_config_strings_to_a_shell(workflow_rules):
+    for r in workflow_rules:
+        assert not r.shellcmd and not r.is_run and not getattr(r, "wrapper", None), r.name
+        if r.output:  # target rules such as `all` only collect inputs
+            assert r.script and r.script.startswith("../workflow_scripts/"), r.name
+    sources = [*ROOT.glob("stitchlib/*.py"), *ROOT.glob("workflow_scripts/*.py"), *ROOT.glob("rules/*.smk")]
+    for src in sources:
+        text = src.read_text()
+        for danger in (r"shell\s*=\s*True", r"\bos\.system\(", r"\bos\.popen\(", r"(?<![\w.])eval\(",
+                       r"(?<![\w.])exec\("):
+            assert not re.search(danger, text), f"{src.name}: {danger}"
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+def test_parallel_readers_of_one_file_while_it_is_atomically_replaced(tmp_path):
+    import _h5_readers as readers
+
+    path = str(tmp_path / "shared.h5")
+    readers.write(path, 0)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        jobs = pool.starmap_async(readers.read_many, [(path, 150, seed) for seed in range(4)])
+        for version in range(1, 6):  # one writer, as in the workflow: temp file, then rename
+            readers.write(path, version)
+        seen = [v for vs in jobs.get(timeout=300) for v in vs]
+    assert len(seen) == 600 and set(seen) <= set(range(6))
+    assert io.temp_files_of(path) == [] and readers.read_many(path, 3, 0) == [5, 5, 5]
+
+
+# ----------------------------------------------------------------------------- the workflow, for real
+
+# CI subset: the tiny config's ResNet networks only (half the jobs; every kind of artifact still made).
+CI_CONFIG = ['stitching={"architectures": ["rn"]}']
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted run of the CI subset: (results folder, seconds)."""
+    work = tmp_path_factory.mktemp("reference")
+    seconds = fi.run_workflow(work, TINY, cores=2, config=CI_CONFIG)
+    return work / "results", seconds
+
+
+@pytest.mark.workflow
+def test_same_config_twice_on_the_cpu_gives_identical_tables(tmp_path, reference_run):
+    reference, _ = reference_run
+    fi.run_workflow(tmp_path, TINY, cores=2, config=CI_CONFIG)
+    assert fi.compare_runs(tmp_path / "results", reference) == []
+    tables = [p for p in fi.artifacts(reference) if p.suffix in fi.TABLES]
+    assert len(tables) > 20 and any(p.parts[:2] == ("tables", "digits") for p in tables)
+
+
+@pytest.mark.workflow
+@pytest.mark.fault_injection
+def test_sigkill_at_random_moments_then_resume_gives_identical_tables(tmp_path, reference_run, record_property):
+    """Three SIGKILLs of the whole process group, chained (each restart resumes the last); after each, every
+    file at an output path is a complete artifact; the resumed run's tables equal the uninterrupted run's."""
+    reference, seconds = reference_run
+    lines = []
+    problems = fi.trial(tmp_path, reference, fi.chain_times(seconds, 3, seed=0), TINY, cores=2, config=CI_CONFIG,
+                        report=lines.append)
+    print("\n".join(lines))
+    assert problems == []
+    record_property("cases", 3)
+
+
+@pytest.mark.workflow
+@pytest.mark.corrupt_input
+def test_a_corrupt_input_fails_its_job_only_and_keep_going_finishes_the_rest(tmp_path, reference_run):
+    """A finished run whose rn-s0 checkpoint was truncated afterwards (its time stamp kept, so Snakemake does not
+    retrain it): the DM job that loads it fails naming the file; the other DM job still runs (--keep-going)."""
+    reference, _ = reference_run
+    shutil.copytree(reference, tmp_path / "results", symlinks=True)
+    res = tmp_path / "results"
+    ckpt = res / "models/digits/rn-s0.pt"
+    stamp = ckpt.stat()
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    os.utime(ckpt, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    targets = [res / f"stitching/digits/dm/{pair}.csv" for pair in ("rn-s0__rn-s0", "rn-s1__rn-s1")]
+    for t in targets:
+        t.unlink()
+    cmd = fi.snakemake_cmd(res, TINY, 2, CI_CONFIG)
+    out = subprocess.run([*cmd[:3], *map(str, targets), *cmd[3:]], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode != 0
+    assert not targets[0].exists() and targets[1].exists()  # the healthy pair finished
+    log = (res / "logs/dm/digits/rn-s0__rn-s0.log").read_text()
+    assert f"checkpoint {ckpt} is truncated or corrupt" in log and "delete it and rerun" in log
