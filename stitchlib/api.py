@@ -136,10 +136,11 @@ def evaluate(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer:
 
 
 def compare(a: Any, b: Any, measures: Sequence[str] = ("lcka", "lcka_debiased", "pwcca", "opd"),
-            reshape: str | dict[str, str] = "paper1", **options: Any) -> dict[str, float]:
+            reshape: str | dict[str, str] | None = None, **options: Any) -> dict[str, float]:
     """Structural similarity indices of two activation arrays of the same inputs (numpy or torch; (n, p),
     (n, C, H, W) or (n, T, D)), computed in float64 from one factorisation per side. ``reshape``: one mode or
-    one per measure (``flatten``, ``positions``, ``pool``, ``paper1``; see ``stitchlib.similarity``).
+    one per measure (``flatten``, ``positions``, ``pool``, ``paper1``; see ``stitchlib.similarity``); default
+    the workflow's (paper 1's): CKA on flattened C·H·W, the CCA family and OPD in ``paper1`` mode.
 
     >>> import numpy as np, stitchlib
     >>> a = np.random.default_rng(0).normal(size=(500, 20))
@@ -148,7 +149,9 @@ def compare(a: Any, b: Any, measures: Sequence[str] = ("lcka", "lcka_debiased", 
     >>> {k: round(v, 6) for k, v in r.items()}
     {'lcka': 1.0, 'pwcca': 1.0, 'opd': 0.0}
     """
-    modes = reshape if isinstance(reshape, dict) else {m: reshape for m in measures}
+    from stitchlib.config import DEFAULT_RESHAPE
+
+    modes = {m: reshape for m in measures} if isinstance(reshape, str) else {**DEFAULT_RESHAPE, **(reshape or {})}
     out = {}
     for m in measures:
         loadings = similarity.MEASURES[m].needs_loadings or None

@@ -376,8 +376,10 @@ def table3(specificity: pd.DataFrame, alpha: float) -> pd.DataFrame:
 def probes_stage(spec: dict[str, Any], inputs: dict[str, str], settings: dict[str, Any], out_csv: str,
                  device: str = "auto") -> None:
     """Probe accuracy of every stitch point of one network (the specificity test's F)."""
+    from stitchlib import pipeline
     from stitchlib.train import pick_device
 
+    pipeline.check_activations(spec, inputs["train"], inputs["test"])
     layouts = {layer: io.layer_layout(inputs["train"], layer) for layer in spec["layers"]}
     df = probe_rows(spec["layers"], layouts, inputs["train"], inputs["test"], settings, pick_device(device))
     io.write_csv(df.assign(dataset=spec["dataset"], model=spec["arch"], net=spec["net"]), out_csv)
@@ -390,6 +392,7 @@ def sensitivity_stage(spec: dict[str, Any], layers: list[str], inputs: dict[str,
     from stitchlib.train import pick_device
 
     dev = pick_device(device)
+    pipeline.check_activations(spec, inputs["train"], inputs["test"])
     net = pipeline.load_network(spec, inputs["ckpt"], dev)
     fit_index = pipeline.dm_sample_index(len(io.read_array(inputs["train"], "labels")), dm["samples"], dm["seed"])
     parts = []
@@ -412,6 +415,8 @@ def specificity_stage(specs: dict[str, dict[str, Any]], inputs: dict[str, str], 
     dev = pick_device(device)
     probes = pd.concat([pd.read_csv(inputs[f"{net}/probes"]) for net in specs], ignore_index=True)
     files = {net: {k: inputs[f"{net}/{k}"] for k in ("train", "test", "ckpt")} for net in specs}
+    for net, spec in specs.items():
+        pipeline.check_activations(spec, files[net]["train"], files[net]["test"])
     any_net = next(iter(specs))
     fit_index = pipeline.dm_sample_index(len(io.read_array(files[any_net]["train"], "labels")), dm["samples"],
                                          dm["seed"])
