@@ -57,7 +57,8 @@ fault-injection: venv
 		--cores $(CORES)
 
 # As root: a one-node SLURM cluster on this machine (installed with apt if missing, stopped afterwards), the tiny
-# config locally and through profiles/slurm, tables compared byte for byte (tools/slurm/e2e.sh; ≈ 6 min on 2 cores).
+# config locally and through profiles/slurm, tables compared byte for byte (tools/slurm/e2e.sh). Measured 27 min on
+# 2 cores busy with other work (local run 13, SLURM run 14); cluster install 15 s, start 3 s.
 .PHONY: slurm-test
 slurm-test: venv
 	PYTHON=$(BIN)/python tools/slurm/e2e.sh
