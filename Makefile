@@ -43,6 +43,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/bench_tlm.py
 	$(BIN)/python bench/bench_similarity.py --quick
+	$(BIN)/python bench/bench_dag.py
 
 bench-full: venv
 	$(BIN)/python bench/bench_similarity.py
