@@ -138,6 +138,10 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
     assert counts == {"tlm": 8, "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1, "ood_scores": 8,
                       "ood_figures": 1, "report": 1}
+    # Rebuilding Table 2 after a change to the probes touches only the Ding jobs (and the report).
+    changed = write_config(tmp_path, tiny, **{"ding.probe.l2": 1e-3})
+    counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
+    assert counts == {"probes": 4, "sensitivity": 4, "specificity": 2, "ding_tables": 1, "report": 1, "all": 1}
 
 
 def _fake_data(tmp_path, raw: dict) -> dict:
