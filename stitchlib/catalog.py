@@ -14,11 +14,23 @@ from pathlib import Path
 class DatasetFacts:
     num_classes: int
     image_size: int          # native size; the config may resize
-    layout: tuple[str, ...]  # paths a local root must contain ("x/": a folder of class folders); () = bundled
+    layout: tuple[str, ...]  # paths a local root must contain ("x/": a folder of class folders; "x/*": a
+    #                          non-empty folder of files); () = bundled
+    task: str = "multiclass"  # how targets are scored (stitchlib.tasks): multiclass | multilabel (num_classes
+    #                           = number of attributes, targets {0, 1} vectors)
 
+
+CELEBA_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt", "list_bbox_celeba.txt",
+                "list_landmarks_align_celeba.txt")  # torchvision 0.29's CelebA reads all five
+DIGITS_ATTRIBUTES = ("even", "at_least_5", "prime", "closed_loop")  # stitchlib.data.digit_attributes
 
 DATASETS: dict[str, DatasetFacts] = {
     "digits": DatasetFacts(10, 8, ()),  # scikit-learn's bundled handwritten digits
+    # the same images, scored on 4 binary attributes of the digit (a multi-label task)
+    "digits_attributes": DatasetFacts(len(DIGITS_ATTRIBUTES), 8, (), "multilabel"),
+    # 40 binary face attributes (paper 2's Inception V1 task); aligned 178×218 images, centre square 178
+    "celeba": DatasetFacts(40, 178, ("celeba/img_align_celeba/*", *(f"celeba/{f}" for f in CELEBA_FILES)),
+                           "multilabel"),
     "cifar10": DatasetFacts(10, 32, ("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch")),
     "svhn": DatasetFacts(10, 32, ("train_32x32.mat", "test_32x32.mat")),
     "imagenet": DatasetFacts(1000, 224, ("train/", "val/")),
@@ -41,8 +53,11 @@ def check_dataset(name: str, root: str | None, download: bool = False, where: st
     if not root:
         raise FileNotFoundError(f"{where}.root: dataset {name!r} needs a local root holding: {expected}")
     for p in facts.layout:
-        path, folder = Path(root) / p, p.endswith("/")
-        if folder and path.is_dir() and not any(c.is_dir() for c in path.iterdir()):
+        files = p.endswith("/*")  # a folder of files (the first entry is enough: no scan of a huge folder)
+        path, folder = Path(root) / p.removesuffix("*"), p.endswith("/") or files
+        if files and path.is_dir() and next(path.iterdir(), None) is None:
+            problem = "is empty"
+        elif folder and not files and path.is_dir() and not any(c.is_dir() for c in path.iterdir()):
             problem = "holds no class folders"
         elif not (path.is_dir() if folder else path.is_file()):
             problem = "is not a folder" if folder and path.exists() else \
@@ -67,13 +82,30 @@ def vit_layer_names(depth: int) -> list[str]:
     return [f"block{i}" for i in range(depth)]
 
 
+GOOGLENET_LAYERS = ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d",
+                    "inception4e", "inception5a", "inception5b"]  # torchvision GoogLeNet's inception blocks
+
+
+def tiny10_layer_names() -> list[str]:
+    return [f"conv{i}" for i in range(1, 9)]
+
+
 ARCHITECTURE_PARAMS: dict[str, dict[str, object]] = {
     # family -> its parameters and their defaults (paper 1's sizes)
     "resnet18": {"width": 64},
     # paper 3's small ResNets R_abcd: stage_blocks [a, b, c, d] (R1111 ≈ ResNet-10, R2222 = ResNet-18)
     "resnet": {"width": 64, "stage_blocks": [2, 2, 2, 2]},
+    # paper 2's Tiny-10 (Kornblith et al. 2019): eight convs of widths w, w, 2w, 2w, 2w, 4w, 4w, 4w
+    "tiny10": {"width": 16},
     "vit": {"patch_size": 4, "depth": 12, "heads": 3, "hidden_dim": 192, "mlp_dim": 768, "dropout": 0.0},
+    # paper 2's Inception V1: torchvision's GoogLeNet without auxiliary heads (its default dropout 0.2)
+    "googlenet": {"dropout": 0.2, "transform_input": False},
+    # a network of your own (stitchlib.hooked): factory(**kwargs) cut at the module paths `points` (called
+    # `names`, default the paths), weights imported from `state_dict` ({seed} and {dataset} filled in per network)
+    "custom": {"factory": "", "kwargs": {}, "points": [], "names": [], "state_dict": ""},
 }
+
+MIN_IMAGE_SIZE = {"googlenet": 15}  # smaller inputs shrink a feature map to nothing before inception5b
 
 
 def architecture_params(family: str, params: dict, where: str = "architecture") -> dict:
@@ -86,9 +118,43 @@ def architecture_params(family: str, params: dict, where: str = "architecture") 
         raise ValueError(f"{where}.params: unknown parameter(s) {unknown} for {family!r}; known: {sorted(known)}")
     for k, v in params.items():  # the default's type: an int where an int is expected (bool is not one)
         t = type(known[k])
-        if not (isinstance(v, t) and not isinstance(v, bool) or t is float and type(v) is int):
+        if not (isinstance(v, t) and (t is bool or not isinstance(v, bool)) or t is float and type(v) is int):
             raise ValueError(f"{where}.params.{k}: expected {t.__name__}, got {v!r}")
+    if family == "custom":
+        _check_custom(params, f"{where}.params")
     return {**known, **params}
+
+
+_DOTTED = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+
+
+def _check_custom(p: dict, where: str) -> None:
+    """The form of a ``custom`` network's params (that the factory imports is checked when it is built)."""
+    import re
+
+    if not re.fullmatch(rf"{_DOTTED}(:{_DOTTED}|\.[A-Za-z_]\w*)", p.get("factory", "")):
+        raise ValueError(f"{where}.factory: name the model's factory as 'package.module.function' or "
+                         f"'package.module:function' (e.g. torchvision.models.resnet18), not {p.get('factory')!r}")
+    points = p.get("points", [])
+    if not points or not all(isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", x)
+                             for x in points) or len(set(points)) != len(points):
+        raise ValueError(f"{where}.points: the module paths of the stitch points, once each in network order "
+                         f"(e.g. [layer1, layer2, layer3, layer4]), not {points!r}")
+    names = p.get("names", [])
+    if names and (len(names) != len(points) or len(set(names)) != len(names) or
+                  not all(isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_.]+", x) for x in names)):
+        raise ValueError(f"{where}.names: one distinct layer name (letters, digits, _ and .) per stitch point, "
+                         f"{len(points)} in all, or none to use the module paths; not {names!r}")
+    try:  # the file itself is required by the workflow only (stitchlib.config)
+        p.get("state_dict") and state_dict_file(p, 0, "digits")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{where}.state_dict: a path, optionally with {{seed}} and {{dataset}}, not "
+                         f"{p.get('state_dict')!r} ({type(e).__name__}: {e})") from None
+
+
+def state_dict_file(params: dict, seed: int, dataset: str) -> str:
+    """The state-dict file of a ``custom`` network for ``seed`` and ``dataset``."""
+    return params["state_dict"].format(seed=seed, dataset=dataset)
 
 
 def layer_names(family: str, params: dict) -> list[str]:
@@ -100,6 +166,12 @@ def layer_names(family: str, params: dict) -> list[str]:
     p = architecture_params(family, params)
     if family == "resnet18":
         return resnet_layer_names((2, 2, 2, 2))
+    if family == "tiny10":
+        return tiny10_layer_names()
+    if family == "googlenet":
+        return list(GOOGLENET_LAYERS)
+    if family == "custom":
+        return list(p["names"] or p["points"])
     if family == "resnet":
         blocks = p["stage_blocks"]
         if not (isinstance(blocks, list) and blocks and all(isinstance(b, int) and b >= 1 for b in blocks)):

@@ -1,12 +1,18 @@
-"""Dataset registry: the embedded default (scikit-learn's handwritten digits) and real datasets from
-a local root (CIFAR-10, SVHN, ImageNet). Nothing is downloaded unless ``download: true`` is asked for.
+"""Dataset registry: the embedded default (scikit-learn's handwritten digits, also as a multi-label task)
+and real datasets from a local root (CIFAR-10, SVHN, ImageNet, CelebA). Nothing is downloaded unless
+``download: true`` is asked for.
 
-Every loader returns a :class:`torch.utils.data.Dataset` of ``(image, label)`` with images as float
-tensors of shape (3, S, S) in [0, 1] (paper 1 feeds raw pixels; no normalisation).
+Every loader returns a :class:`torch.utils.data.Dataset` of ``(image, target)`` with images as float
+tensors of shape (3, S, S) in [0, 1] (paper 1 feeds raw pixels; no normalisation). The target is a class
+index (int64) for a multiclass dataset and a float {0, 1} attribute vector for a multilabel one
+(``catalog.DatasetFacts.task``); :func:`load` marks the dataset it returns with that ``task`` name
+(``stitchlib.tasks.of``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from stitchlib import catalog
 
+log = logging.getLogger(__name__)
 
 LOADERS: dict[str, Callable[..., Dataset]] = {}
 
@@ -37,7 +44,9 @@ def load(name: str, split: str, *, root: str | None = None, image_size: int | No
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     facts = catalog.dataset(name)
     catalog.check_dataset(name, root, download)
-    return LOADERS[name](split=split, root=root, image_size=image_size or facts.image_size, download=download)
+    ds = LOADERS[name](split=split, root=root, image_size=image_size or facts.image_size, download=download)
+    ds.task = facts.task  # how its targets are scored (stitchlib.tasks.of)
+    return ds
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,6 +80,27 @@ def _digits(split: str, root, image_size: int, download: bool) -> Dataset:
     return _tensor_dataset(d.images[idx][:, None], d.target[idx], image_size, 16.0)
 
 
+# The attributes of ``digits_attributes``, in catalog.DIGITS_ATTRIBUTES order: which digits have each.
+# closed_loop: the digit as usually handwritten encloses an area (0, 6, 8, 9; an open-topped 4 does not).
+DIGIT_ATTRIBUTES = {"even": {0, 2, 4, 6, 8}, "at_least_5": {5, 6, 7, 8, 9}, "prime": {2, 3, 5, 7},
+                    "closed_loop": {0, 6, 8, 9}}
+assert tuple(DIGIT_ATTRIBUTES) == catalog.DIGITS_ATTRIBUTES
+
+
+def digit_attributes(labels: np.ndarray) -> np.ndarray:
+    """(N,) digit labels → (N, 4) float32 {0, 1} attribute vectors (even, ≥ 5, prime, closed loop)."""
+    labels = np.asarray(labels)
+    return np.stack([np.isin(labels, sorted(d)) for d in DIGIT_ATTRIBUTES.values()], 1).astype(np.float32)
+
+
+@register("digits_attributes")
+def _digits_attributes(split: str, root, image_size: int, download: bool) -> Dataset:
+    """The digits images and split, each scored on 4 binary attributes of its digit (multi-label): a real
+    embedded multi-label task. Majority-class baseline: 0.5 (even), 0.5 (≥ 5), 0.6 (prime), 0.6 (loop)."""
+    x, y = _digits(split, root, image_size, download).tensors
+    return TensorDataset(x, torch.as_tensor(digit_attributes(y.numpy())))
+
+
 @register("cifar10")
 def _cifar10(split: str, root, image_size: int, download: bool) -> Dataset:
     from torchvision.datasets import CIFAR10
@@ -96,6 +126,53 @@ def _imagenet(split: str, root, image_size: int, download: bool) -> Dataset:
     tf = transforms.Compose([transforms.Resize(image_size * 8 // 7), transforms.CenterCrop(image_size),
                              transforms.ToTensor()])
     return ImageFolder(str(Path(root) / ("train" if split == "train" else "val")), transform=tf)
+
+
+def _float_targets(t: torch.Tensor) -> torch.Tensor:
+    return t.float()
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@register("celeba")
+def _celeba(split: str, root, image_size: int, download: bool) -> Dataset:
+    """CelebA's aligned faces (178×218) and their 40 binary attributes, from ``root/celeba/`` in torchvision's
+    layout (``img_align_celeba/`` and the five ``list_*.txt`` / ``identity_CelebA.txt`` files; see
+    catalog.CELEBA_FILES). Split train = the official training partition (162,770 images), test = the official
+    test partition (19,962; the validation partition is unused). Each image is resized (shorter side) to
+    ``image_size`` and centre-cropped to a square; targets are the attributes as float {0, 1} (40,).
+
+    torchvision checks the MD5 of every text file and refuses anything else with "Dataset not found or
+    corrupted"; here the layout is checked by catalog.check_dataset (errors name the missing path) and an
+    attribute or partition file that differs from the official release is a logged warning.
+    """
+    from torchvision import transforms
+    from torchvision.datasets import CelebA
+
+    class LocalCelebA(CelebA):
+        def _check_integrity(self) -> bool:
+            base = Path(self.root) / self.base_folder
+            return (base / "img_align_celeba").is_dir() and all((base / f).is_file() for f in catalog.CELEBA_FILES)
+
+    tf = transforms.Compose([transforms.Resize(image_size, antialias=True), transforms.CenterCrop(image_size),
+                             transforms.ToTensor()])
+    ds = LocalCelebA(root, split=split, target_type="attr", transform=tf, target_transform=_float_targets,
+                     download=download)
+    attr_file, n_attr = Path(root) / "celeba" / "list_attr_celeba.txt", catalog.dataset("celeba").num_classes
+    if ds.attr.ndim != 2 or ds.attr.shape[1] != n_attr:
+        raise ValueError(f"{attr_file}: expected {n_attr} attributes per image, got {tuple(ds.attr.shape)[1:]}")
+    official = {name: md5 for _, md5, name in CelebA.file_list}
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt"):
+        if _md5(Path(root) / "celeba" / name) != official[name]:
+            log.warning("celeba: %s is not the official release (MD5 differs); results may not compare",
+                        Path(root) / "celeba" / name)
+    return ds
 
 
 # ----------------------------------------------------------------------------- batching

@@ -236,7 +236,7 @@ class ActivationWriter:
                layouts: dict[str, str]) -> None:
         b = len(labels)
         sl = slice(self.pos, self.pos + b)
-        self._dataset("labels", (), "int64")[sl] = labels
+        self._dataset("labels", labels.shape[1:], "int64")[sl] = labels  # (N,) classes or (N, A) attributes
         self._dataset("logits", logits.shape[1:], "float32")[sl] = logits
         for name, a in layers.items():
             self._dataset(f"layers/{name}", a.shape[1:], self.dtype, layout=layouts[name])[sl] = a

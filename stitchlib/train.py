@@ -8,10 +8,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from stitchlib import data
+from stitchlib import data, tasks
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +58,23 @@ def set_epoch_lr(opt: torch.optim.Optimizer, cfg: dict[str, Any], epoch: int) ->
 
 
 @torch.no_grad()
-def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device: torch.device) -> float:
-    """Top-1 accuracy of ``fn`` over (input, label) batches."""
-    correct = total = 0
+def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device: torch.device,
+             task: str | tasks.Task = tasks.MULTICLASS) -> float:
+    """Accuracy of ``fn`` over (input, target) batches: top-1 (multiclass) or mean attribute accuracy
+    (multilabel), see stitchlib.tasks."""
+    task, correct, total = tasks.get(task), 0.0, 0
     for x, y in batches:
-        correct += (fn(x.to(device)).argmax(1).cpu() == y).sum().item()
+        correct += task.correct(fn(x.to(device)), y.to(device))
         total += len(y)
     return correct / total
 
 
 def train_network(net: nn.Module, train_ds: Dataset, test_ds: Dataset, cfg: dict[str, Any], *, seed: int,
-                  device: torch.device, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Train ``net`` with cross-entropy; returns train/test accuracy and the loss curve."""
+                  device: torch.device, progress: Callable[[str], None] = log.info,
+                  task: str | tasks.Task | None = None) -> dict[str, Any]:
+    """Train ``net`` on the task's loss (default: the task ``data.load`` marked ``train_ds`` with, else
+    multiclass: cross-entropy; multilabel: BCE with logits); returns train/test accuracy and the loss curve."""
+    task = tasks.get(task) if task is not None else tasks.of(train_ds)
     net.to(device)
     opt = make_optimizer(net.parameters(), cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -81,7 +85,7 @@ def train_network(net: nn.Module, train_ds: Dataset, test_ds: Dataset, cfg: dict
         total, count = 0.0, 0
         for x, y in data.batches(train_ds, cfg["batch_size"], shuffle=True, seed=seed * 1000 + epoch):
             x = data.augment(x, cfg.get("augment", "none"), gen).to(device)
-            loss = F.cross_entropy(net(x), y.to(device))
+            loss = task.loss(net(x), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -91,7 +95,7 @@ def train_network(net: nn.Module, train_ds: Dataset, test_ds: Dataset, cfg: dict
     net.eval()
     bs = cfg["batch_size"]
     return {
-        "train_accuracy": accuracy(net, data.batches(train_ds, bs), device),
-        "test_accuracy": accuracy(net, data.batches(test_ds, bs), device),
+        "train_accuracy": accuracy(net, data.batches(train_ds, bs), device, task),
+        "test_accuracy": accuracy(net, data.batches(test_ds, bs), device, task),
         "train_loss": losses,
     }

@@ -90,3 +90,28 @@ def test_unknown_names_are_clear_errors():
         models.build("resnet1000", num_classes=10, image_size=16)
     with pytest.raises(ValueError, match="unknown parameter"):
         models.build("resnet18", num_classes=10, image_size=16, depth=3)
+
+
+@pytest.mark.parametrize("size,maps", [(32, [4, 4, 2, 2, 2, 2, 2, 1, 1]), (64, [8, 8, 4, 4, 4, 4, 4, 2, 2])])
+def test_googlenet_cuts_at_its_inception_blocks_exactly(size, maps):
+    """Paper 2's Inception V1 (torchvision GoogLeNet, no auxiliary heads): stitch points are the inception block
+    outputs under torchvision's names; maxpool3/4 open the next block; back(front) is torchvision's forward."""
+    torch.manual_seed(0)
+    net = models.build("googlenet", num_classes=40, image_size=size).eval()
+    assert net.layer_names == catalog.layer_names("googlenet", {}) == \
+        ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e",
+         "inception5a", "inception5b"]
+    assert list(net.state_dict()) == [f"net.{k}" for k in net.net.state_dict()]  # torchvision's keys, once each
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        y = net.net(x)
+        logits, outs = net.forward_all(x)
+        assert torch.equal(logits, y) and torch.equal(net(x), y) and y.shape == (2, 40)
+        assert [o.shape[-1] for o in outs] == maps
+        assert [o.shape[1] for o in outs] == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+        h = net.prefix(x)  # torchvision's order: ... inception3b, maxpool3, inception4a, ... maxpool4, inception5a
+        for i, name in enumerate(net.layer_names):
+            h = getattr(net.net, name)({"inception4a": net.net.maxpool3, "inception5a": net.net.maxpool4}.get(
+                name, torch.nn.Identity())(h))
+            assert torch.equal(outs[i], h) and torch.equal(net.front(x, name), h), name
+            assert torch.equal(net.back(net.front(x, name), name), y), name
