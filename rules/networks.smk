@@ -1,7 +1,10 @@
-# Networks: seeded training, then every stitch point's activations cached to HDF5.
+# Networks: seeded training (or, for a network of your own, importing its state dict), then every stitch
+# point's activations cached to HDF5.
 
 
 rule train:
+    input:
+        lambda w: sconf.state_dict_files(config, w.dataset, w.net),
     output:
         ckpt=f"{R}/models/{{dataset}}/{{net}}.pt",
         metrics=f"{R}/models/{{dataset}}/{{net}}.json",

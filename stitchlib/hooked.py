@@ -1,0 +1,245 @@
+"""Networks of your own: any ``nn.Module`` from an importable factory, cut at named modules by forward hooks.
+
+The config names the factory (``torchvision.models.resnet18`` or ``mypkg.nets:make``), its keyword arguments,
+the module paths of the stitch points (``[layer1, layer2, layer3, layer4]``, as ``model.get_submodule`` reads
+them; optional ``names`` for them in tables and files) and a state-dict file per seed (family ``custom``, see
+``stitchlib.catalog``). :class:`HookedNetwork` gives such a model the layer registry every stage uses:
+
+    front(x, i)  runs the model with a hook on module i that captures its output and stops the pass there;
+    back(h, i)   runs the model with a hook that replaces module i's output by h. The modules before the
+                 cut still run, on a zero input of h's batch size (without autograd), and their result is
+                 discarded: back costs a forward pass of the stem besides the part after the cut;
+    forward_all  captures every stitch point in one ordinary forward pass.
+
+``back(front(x, i), i) == model(x)`` exactly, provided module i is a *cut point*: everything after it sees the
+input only through module i's output (a whole residual block or encoder layer is one; a conv inside a block,
+bypassed by the skip connection, is not). Building checks each point: the module exists (else the error lists
+similar names), runs exactly once per forward pass, in the listed order, returns a 4-D (conv: N, C, H, W) or
+3-D (tokens: N, T, D, token 0 a summary such as ViT's CLS token) tensor, one layout for all points, and is a
+cut point (the logits of ``back`` on a zero stem input must equal the model's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from stitchlib import catalog, models
+
+LAYOUTS = {4: "conv", 3: "tokens"}  # activation rank → layout
+
+
+class _Captured(BaseException):
+    """Carries a stitch point's output out of the forward pass (BaseException: user code catching
+    ``Exception`` inside its forward cannot swallow it)."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+
+def resolve_factory(factory: str) -> Callable[..., nn.Module]:
+    """The callable named ``package.module.attr`` or ``package.module:attr`` (``attr`` may be dotted)."""
+    module, sep, attr = factory.partition(":")
+    if not sep:
+        module, _, attr = factory.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"params.factory: cannot import {module!r} ({e}); the module must be importable in the "
+                         "jobs: an installed package, or a folder on PYTHONPATH") from None
+    for i, name in enumerate(attr.split(".")):
+        if not hasattr(obj, name):
+            where = ".".join([module, *attr.split(".")[:i]])
+            similar = difflib.get_close_matches(name, [n for n in dir(obj) if not n.startswith("_")], 5)
+            raise ValueError(f"params.factory: {where} has no attribute {name!r}; similar: {similar}")
+        obj = getattr(obj, name)
+    if not callable(obj):
+        raise ValueError(f"params.factory: {factory} is not callable")
+    return obj
+
+
+class HookedNetwork(models.Stitchable):
+    """``model`` cut at the modules ``points`` (module paths), called ``names`` (default: the paths);
+    ``input_shape`` = (C, H, W) of one input. The state dict is the model's under the prefix ``model.``.
+    """
+
+    def __init__(self, model: nn.Module, points: list[str], input_shape: tuple[int, ...], name: str = "model",
+                 names: list[str] | None = None):
+        super().__init__()
+        self.model, self.name, self.points = model, name, list(points)
+        self.layer_names, self.input_shape = list(names or points), tuple(input_shape)
+        for i, p in enumerate(points):
+            self._module(i, p)
+        self.layout = self.verify()
+
+    @classmethod
+    def build(cls, factory: str, kwargs: dict[str, Any], points: list[str], input_shape: tuple[int, ...],
+              num_classes: int | None = None, names: list[str] | None = None) -> "HookedNetwork":
+        model = resolve_factory(factory)(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"params.factory: {factory}(**kwargs) returned a {type(model).__name__}, not a "
+                             "torch.nn.Module")
+        net = cls(model, points, input_shape, factory, names)
+        classes = net.num_outputs
+        if num_classes is not None and classes != num_classes:
+            raise ValueError(f"params.kwargs: {factory}(**{kwargs}) outputs {classes} logits but the dataset has "
+                             f"{num_classes} classes (torchvision factories take num_classes={num_classes})")
+        return net
+
+    def _module(self, i: int, path: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(path)
+        except AttributeError:
+            names = [n for n, _ in self.model.named_modules() if n]
+            similar = difflib.get_close_matches(path, names, 5, 0.5) or names[:10]
+            raise ValueError(f"params.points[{i}]: {self.name} has no module {path!r}; similar module paths: "
+                             f"{similar}") from None
+
+    @contextlib.contextmanager
+    def _hooks(self, hooks: dict[int, Callable]) -> Iterator[None]:
+        # modules are looked up on every call: a module replaced since (models.fold_batchnorm) is still found
+        handles = [self.model.get_submodule(self.points[i]).register_forward_hook(h) for i, h in hooks.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def front(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
+        def capture(module, args, out):
+            raise _Captured(out)
+
+        with self._hooks({self.layer_index(layer): capture}):
+            try:
+                self.model(x)
+            except _Captured as c:
+                return c.value
+        raise RuntimeError(f"{self.name}: stitch point {self.points[self.layer_index(layer)]!r} did not run")
+
+    def back(self, h: torch.Tensor, layer: str | int) -> torch.Tensor:
+        """The model's output with module ``layer``'s output replaced by ``h``. The modules before the cut run
+        on zeros of h's batch size without autograd (their result is discarded); autograd resumes at the cut.
+        Call it in eval mode: in train mode the stem's BatchNorm statistics would see the zeros."""
+        return self._back(h, layer, h.new_zeros((len(h), *self.input_shape)))
+
+    def _back(self, h: torch.Tensor, layer: str | int, dummy: torch.Tensor,
+              seen: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """``back`` with the stem run on ``dummy``; ``seen`` collects the later stitch points' outputs."""
+        i, grad = self.layer_index(layer), torch.is_grad_enabled()
+
+        def replace(module, args, out):
+            torch.set_grad_enabled(grad)
+            return h
+
+        hooks = {i: replace}
+        if seen is not None:
+            hooks.update({j: (lambda j: lambda m, a, out: seen.setdefault(j, out))(j)
+                          for j in range(i + 1, len(self.layer_names))})
+        with self._hooks(hooks):
+            try:
+                torch.set_grad_enabled(False)
+                return self.model(dummy)
+            finally:
+                torch.set_grad_enabled(grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        outs: dict[int, torch.Tensor] = {}
+        hooks = {i: (lambda i: lambda m, a, out: outs.setdefault(i, out))(i) for i in range(len(self.layer_names))}
+        with self._hooks(hooks):
+            logits = self.model(x)
+        return logits, [outs[i] for i in range(len(self.layer_names))]
+
+    @torch.no_grad()
+    def verify(self, x: torch.Tensor | None = None) -> str:
+        """Check every stitch point (see the module docstring) on inputs ``x`` (default: 2 seeded random
+        images) in eval mode; return the layout. Raises ValueError naming the point."""
+        if x is None:
+            x = torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
+        x = x.to(next(self.parameters(), torch.empty(0)).device)
+        was_training = self.training
+        self.eval()
+        try:
+            calls: list[tuple[int, Any]] = []
+            hooks = {i: (lambda i: lambda m, a, out: calls.append((i, out)))(i) for i in range(len(self.layer_names))}
+            with self._hooks(hooks):
+                logits = self.model(x)
+            if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and len(logits) == len(x)):
+                raise ValueError(f"params.factory: {self.name} must return logits of shape (N, classes), not "
+                                 f"{_describe(logits)}")
+            self.num_outputs = logits.shape[1]  # logits per input (the classes)
+            order = [i for i, _ in calls]
+            layouts = {}
+            for i, p in enumerate(self.points):
+                where = f"params.points[{i}]: module {p!r}"
+                if order.count(i) != 1:
+                    raise ValueError(f"{where} runs {order.count(i)} times in a forward pass of {self.name}; a stitch "
+                                     "point must run exactly once (a module reused at several places, such as "
+                                     "torchvision's shared ReLU in a ResNet block, is not one)")
+                out = calls[order.index(i)][1]
+                if not isinstance(out, torch.Tensor) or out.dim() not in LAYOUTS:
+                    raise ValueError(f"{where} outputs {_describe(out)}; a stitch point must output a 4-D conv map "
+                                     "(N, C, H, W) or a 3-D token sequence (N, T, D)")
+                layouts[p] = LAYOUTS[out.dim()]
+            if order != sorted(order):
+                ran = [self.points[i] for i in order]
+                raise ValueError(f"params.points: list the stitch points in the order {self.name} runs them: {ran}")
+            if len(set(layouts.values())) > 1:
+                raise ValueError(f"params.points: all stitch points of a network need one layout, not {layouts}")
+            outs = [calls[order.index(i)][1] for i in range(len(self.layer_names))]
+            for i, p in enumerate(self.points):  # later points too: a zero-initialised head hides a leak
+                seen: dict[int, torch.Tensor] = {}
+                got = [self._back(outs[i], i, torch.zeros_like(x), seen), *seen.values()]
+                if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, [logits, *outs[i + 1:]])):
+                    raise ValueError(f"params.points[{i}]: module {p!r} is not a cut point of {self.name}: the output "
+                                     "depends on what is computed before it other than through its output (e.g. a skip "
+                                     "connection around it); choose a module whose output is all that flows onward, "
+                                     "such as a whole residual block or encoder layer")
+            return layouts[self.points[0]]
+        finally:
+            self.train(was_training)
+
+
+def _describe(x: Any) -> str:
+    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+
+
+def import_network(spec: dict[str, Any], ckpt: str, metrics: str, device: str = "auto") -> None:
+    """The ``train`` job of a network of your own: load the user's state dict (``weights_only=True``) into the
+    configured model, check the stitch points on real images, record its accuracy, and write the checkpoint
+    and metrics JSON the rest of the workflow reads (nothing is trained)."""
+    from stitchlib import data, io, pipeline, tasks
+    from stitchlib.train import accuracy, pick_device
+
+    where = f"architectures.{spec['arch']}.params"
+    path = catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
+    dev, start = pick_device(device), time.time()
+    net = pipeline.build_network(spec)
+    state = io.load_state_dict(path)
+    try:
+        net.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{where}.state_dict: {path} does not fit {spec['params']['factory']}"
+                         f"(**{spec['params']['kwargs']}): {str(e).strip()[:2000]}") from None
+    net.to(dev).eval()
+    train_ds, test_ds = pipeline.load_split(spec, "train"), pipeline.load_split(spec, "test")
+    try:
+        net.verify(next(data.batches(test_ds, 8))[0])
+    except ValueError as e:
+        raise ValueError(f"architectures.{spec['arch']}.{e} (with the weights of {path})") from None
+    result = {split: accuracy(net, data.batches(ds, 256), dev, tasks.of(ds)) for split, ds in (("train", train_ds),
+                                                                                                ("test", test_ds))}
+    io.save_state_dict(ckpt, {k: v.cpu() for k, v in net.state_dict().items()})
+    io.write_json(metrics, {"train_accuracy": result["train"], "test_accuracy": result["test"], "train_loss": [],
+                            "imported_from": str(path), "imported_sha256": io.sha256(path), "network": spec,
+                            "device": str(dev), "seconds": round(time.time() - start, 2),
+                            "provenance": io.provenance()})
