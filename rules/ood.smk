@@ -1,5 +1,6 @@
 # OOD detectors (paper 1, Section 4): outlier activations per network, one detector per (network, layer),
-# then the AUROC of every stitch's activations against the receiving layer's own.
+# then the AUROC of every stitch's activations against the receiving layer's own: one job per network pair
+# scores every stitching method, loading each detector once (one CSV and NPZ per method, as the stitches).
 
 
 rule outliers:
@@ -52,20 +53,21 @@ rule detector:
 
 rule ood_scores:
     input:
-        stitches=f"{R}/stitching/{{dataset}}/{{method}}/{{src}}__{{tgt}}.pt",
+        stitches=[f"{R}/stitching/{{dataset}}/{m}/{{src}}__{{tgt}}.pt" for m in config["stitching"]["methods"]],
         src_test=lambda w: acts(w.dataset, w.src, "test"),
         tgt_test=lambda w: acts(w.dataset, w.tgt, "test"),
         tgt_heldout=lambda w: acts(w.dataset, w.tgt, "heldout"),
         detectors=lambda w: detectors(w.dataset, w.tgt),
     output:
-        csv=f"{R}/ood/{{dataset}}/scores/{{method}}/{{src}}__{{tgt}}.csv",
-        npz=f"{R}/ood/{{dataset}}/scores/{{method}}/{{src}}__{{tgt}}.npz",
+        csv=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.csv" for m in config["stitching"]["methods"]],
+        npz=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.npz" for m in config["stitching"]["methods"]],
     params:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        methods=config["stitching"]["methods"],
         device=config["device"],
     log:
-        f"{R}/logs/ood_scores/{{dataset}}/{{method}}/{{src}}__{{tgt}}.log",
+        f"{R}/logs/ood_scores/{{dataset}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
         mem_mb=4000,

@@ -4,10 +4,12 @@ from stitchlib import pipeline
 
 
 def job(sm):
-    inputs = {k: v for k, v in sm.input.items() if k != "detectors"}
+    methods = sm.params.methods
+    inputs = {k: v for k, v in sm.input.items() if k not in ("detectors", "stitches")}
     inputs["detectors"] = list(sm.input.detectors)
-    pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, sm.wildcards.method, sm.output.csv, sm.output.npz,
-                      device=sm.params.device)
+    inputs["stitches"] = dict(zip(methods, sm.input.stitches))
+    outputs = {m: (csv, npz) for m, csv, npz in zip(methods, sm.output.csv, sm.output.npz)}
+    pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device)
 
 
 run(snakemake, job)
