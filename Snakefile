@@ -20,6 +20,7 @@ include: "rules/ood.smk"
 include: "rules/tables.smk"
 include: "rules/ding.smk"
 include: "rules/crossarch.smk"
+include: "rules/frankenstein.smk"
 include: "rules/report.smk"
 
 

@@ -17,19 +17,23 @@ from pathlib import Path
 
 import yaml
 
+from stitchlib import catalog
+
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUT = {"cifar10": ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"],
-          "svhn": ["train_32x32.mat", "test_32x32.mat"], "imagenet": ["train/n0/a.JPEG", "val/n0/a.JPEG"],
-          "celeba": []}
+def fake_layout(name: str, root: Path) -> None:
+    """Empty files where catalog.DATASETS says a local dataset keeps its data ("x/": a class folder, "x/*": a
+    file inside)."""
+    for p in catalog.dataset(name).layout:
+        path = root / (p[:-1] + "f" if p.endswith("/*") else p + "c/f" if p.endswith("/") else p)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
 
 
 def fake_config(path: Path, work: Path) -> Path:
     raw = yaml.safe_load(path.read_text())
     for name, d in raw["datasets"].items():
         root = work / "data" / name
-        for p in LAYOUT.get(name, []):
-            (root / p).parent.mkdir(parents=True, exist_ok=True)
-            (root / p).touch()
+        fake_layout(name, root)
         d["root"] = str(root)
     outliers = raw.get("ood", {}).get("outliers", {})
     if outliers.get("source") == "npy":
@@ -68,7 +72,7 @@ def main() -> None:
         base_s, base_jobs = dry_run(["--snakefile", str(trivial_snakefile(work, args.trivial))], work)
         print(f"{'workflow':32s} {'jobs':>7s} {'seconds':>8s} {'vs trivial':>10s} {'s/1k jobs':>9s}  within bound")
         print(f"{'trivial (baseline)':32s} {base_jobs:7d} {base_s:8.1f} {1.0:10.2f} {1000 * base_s / base_jobs:9.2f}")
-        for cfg in sorted((ROOT / "configs").glob("*.yaml")):
+        for cfg in sorted((ROOT / "configs").glob("paper*.yaml")):
             s, jobs = dry_run(["--snakefile", str(ROOT / "Snakefile"), "--configfile", str(fake_config(cfg, work))],
                               work)
             print(f"{cfg.stem:32s} {jobs:7d} {s:8.1f} {s / base_s:10.2f} {1000 * s / max(jobs, 1):9.2f}  "

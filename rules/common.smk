@@ -175,3 +175,53 @@ def cross_targets(dataset):
     pairs, triangle = cross_figures(dataset)
     return [f"{R}/tables/{dataset}/cross/summary.{e}" for e in ("csv", "md")] + list(triangle.values()) \
         + list(pairs.values())
+
+
+# ----------------------------------------------------------------------------- paper 2's matching studies
+
+FRANK = sconf.frankenstein_settings(config)
+FRANK_CSV = {"layers", "track", "cka_penalty", "lowrank"}  # experiments that write one CSV per network pair
+
+
+def frank_file(dataset, experiment, src, tgt, ext="csv"):
+    return f"{R}/frankenstein/{dataset}/{experiment}/{src}__{tgt}.{ext}"
+
+
+def frank_runs():
+    """(experiment, Model 1, Model 2) of every job: Figs. 2–3 on every pair of every architecture, Fig. 4 on every
+    pair of `network`, Figs. 6–8 on its first pair, Fig. 5 on the first network of its architecture stitched
+    into itself."""
+    if not config["frankenstein"]["enabled"]:
+        return []
+    archs = dict.fromkeys([*FRANK["architectures"], *FRANK["widths"]])
+    runs = [("layers", s, t) for a in archs for s, t in sconf.frankenstein_pairs(config, a)]
+    pairs = sconf.frankenstein_pairs(config, FRANK["network"])
+    runs += [("track", s, t) for s, t in pairs] + [(e, *pairs[0]) for e in ("inits", "lowrank", "sparsity")]
+    me = sconf.network_id(FRANK["cka_penalty"]["architecture"], config["frankenstein"]["seeds"][0])
+    return runs + [("cka_penalty", me, me)]
+
+
+def frank_results(dataset):
+    """Every experiment's output files, by experiment (the figures job's inputs)."""
+    out = {}
+    for e, s, t in frank_runs():
+        out.setdefault(e, []).append(frank_file(dataset, e, s, t))
+        if e == "inits":
+            out.setdefault("mode", []).append(frank_file(dataset, "mode", s, t))
+        if e == "sparsity":
+            out.setdefault("matrices", []).append(frank_file(dataset, "sparsity", s, t, "npz"))
+    return out
+
+
+def frank_figure_names():
+    """Paper 2's figures (Fig. 3 only when the study has width variants)."""
+    names = ["fig2_layers", "fig3_width", "fig4_tracking", "fig5_cka_penalty", "fig6_inits", "fig7_low_rank",
+             "fig8_sparsity", "exp6_mode_connectivity"]
+    return [n for n in names if n != "fig3_width" or FRANK["widths"]]
+
+
+def frank_targets(dataset):
+    if not frank_runs():
+        return []
+    return [f"{R}/figures/{dataset}/frankenstein/{name}.png" for name in frank_figure_names()] + \
+        [f"{R}/tables/{dataset}/frankenstein/summary.{ext}" for ext in ("csv", "md")]

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from stitchlib import io, models, similarity, stitching
+from stitchlib import io, models, similarity, stitching, tasks
 from stitchlib.train import train_network
 
 __all__ = ["network", "activations", "fit_dm", "train_tlm", "evaluate", "compare"]
@@ -116,9 +116,11 @@ def train_tlm(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer
 
 
 def evaluate(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer: str, source: torch.Tensor,
-             target: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+             target: torch.Tensor, labels: torch.Tensor, task: str = "multiclass") -> dict[str, float]:
     """Accuracy of the stitched network g>layer ∘ stitch on ``source``, its accuracy relative to the receiver's
     own (``target`` through g>layer), and DM(struct) = ‖stitch(source) − target‖²_F / ‖target‖²_F.
+    ``task``: 'multiclass' (top-1) or 'multilabel' (``labels`` are {0, 1} attribute vectors; mean attribute
+    accuracy).
 
     >>> import stitchlib
     >>> g = stitchlib.network("resnet18", num_classes=10, image_size=16, width=4, seed=0)
@@ -129,9 +131,9 @@ def evaluate(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer:
     (1.0, True)
     """
     labels = torch.as_tensor(labels)
-    r = stitching.evaluate(stitch, receiver, receiver.layer_index(layer), source, target, labels)
+    r = stitching.evaluate(stitch, receiver, receiver.layer_index(layer), source, target, labels, task=task)
     with torch.no_grad():
-        own = float((receiver.back(target, layer).argmax(1).cpu() == labels).float().mean())
+        own = tasks.get(task).accuracy(receiver.back(target, layer), labels)
     return {**r, "receiver_accuracy": own, "relative_accuracy": r["accuracy"] / own if own else float("nan")}
 
 

@@ -20,6 +20,11 @@ from stitchlib import catalog
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 DIGITS_TRAIN_SIZE, DIGITS_TEST_SIZE = 1400, 397  # stitchlib.data's fixed split of the 1,797 digits
+DIGITS_DATASETS = ("digits", "digits_attributes")  # the same images and split
+
+
+def _has_digits(cfg: dict[str, Any]) -> bool:
+    return any(d in cfg["datasets"] for d in DIGITS_DATASETS)
 
 
 # Paper 1: CKA on flattened C·H·W; PWCCA/OPD (and the CCA family) as its public code feeds them.
@@ -115,13 +120,21 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
                 if size % patch:
                     raise ConfigError(f"{where}.params.patch_size: {patch} does not divide the image size {size} "
                                       f"of dataset {ds!r}")
+        if a["family"] in catalog.MIN_IMAGE_SIZE:
+            for ds, d in cfg["datasets"].items():
+                size, least = d["image_size"] or catalog.dataset(ds).image_size, catalog.MIN_IMAGE_SIZE[a["family"]]
+                if size < least:
+                    raise ConfigError(f"datasets.{ds}.image_size: {a['family']} ({where}) needs images of at least "
+                                      f"{least} px, and dataset {ds!r} has {size}; set datasets.{ds}.image_size")
+        if a["family"] == "custom":
+            _check_custom(cfg, arch)
     if cfg["tlm"].get("augment", "none") != "none":
         raise ConfigError("tlm.augment: TLM trains on cached source activations; augmentation is not supported")
     k = cfg["dm"]["samples"]
-    if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
+    if k != "all" and _has_digits(cfg) and k > DIGITS_TRAIN_SIZE:
         raise ConfigError(f"dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
     n = cfg["similarity"]["samples"]
-    if n != "all" and "digits" in cfg["datasets"] and n > DIGITS_TEST_SIZE:
+    if n != "all" and _has_digits(cfg) and n > DIGITS_TEST_SIZE:
         raise ConfigError(f"similarity.samples: {n} is larger than the digits test split ({DIGITS_TEST_SIZE})")
     cfg["similarity"]["reshape"] = {**DEFAULT_RESHAPE, **cfg["similarity"]["reshape"]}
     o = cfg["ood"]
@@ -143,7 +156,47 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
                                   f"{layers(cfg, arch)}")
     if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
         raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
+    _check_tasks(cfg)
     _check_cross(cfg)
+    _check_frankenstein(cfg)
+
+
+def _check_custom(cfg: dict[str, Any], arch: str) -> None:
+    """A network of your own: its factory's top-level package is findable and every state-dict file its networks
+    import exists (a stat each; importing the factory needs torch and happens in the jobs)."""
+    import importlib.util
+
+    p, where = cfg["architectures"][arch]["params"], f"architectures.{arch}.params"
+    top = p["factory"].partition(":")[0].partition(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise ConfigError(f"{where}.factory: no module named {top!r} (factory {p['factory']}); install it, or put "
+                          "the folder holding it on PYTHONPATH")
+    if not p["state_dict"]:
+        raise ConfigError(f"{where}.state_dict: required: the file each network's weights are imported from, "
+                          "with {seed} (and {dataset}) filled in per network, e.g. nets/mine-s{seed}.pt")
+    seeds = cfg["seeds"] if arch in matrix_architectures(cfg) else []
+    seeds = sorted({*seeds, *([cfg["cross"]["seed"]] if arch in (cfg["cross"]["conv_vit"] or []) else [])})
+    for ds in cfg["datasets"]:
+        for seed in seeds:
+            path = Path(catalog.state_dict_file(p, seed, ds))
+            if not path.is_file():
+                problem = "is not a file" if path.exists() else "does not exist"
+                raise ConfigError(f"{where}.state_dict: {path} {problem} (seed {seed}, dataset {ds}); save each "
+                                  "network's weights with torch.save(model.state_dict(), path)")
+
+
+def _check_tasks(cfg: dict[str, Any]) -> None:
+    """Studies that assume one class label per image refuse a multi-label dataset (stitchlib.tasks): the OOD
+    detectors (stage 1 is cross-entropy on the input's class, the energy is over classes) and the Ding et al.
+    tests (multinomial linear probes; DM (func.) from top-1 accuracy)."""
+    multilabel = [ds for ds in cfg["datasets"] if catalog.dataset(ds).task == "multilabel"]
+    if not multilabel:
+        return
+    for key, why in (("ood", "its detectors are trained with cross-entropy on class labels"),
+                     ("ding", "its linear probes are multinomial (one class label per image)")):
+        if cfg[key]["enabled"]:
+            raise ConfigError(f"{key}.enabled: dataset {multilabel[0]!r} is multi-label (one {{0, 1}} vector of "
+                              f"attributes per image) and {why}; set {key}.enabled: false")
 
 
 def _check_cross(cfg: dict[str, Any]) -> None:
@@ -162,7 +215,7 @@ def _check_cross(cfg: dict[str, Any]) -> None:
     if cross_tlm_settings(cfg).get("augment", "none") != "none":
         raise ConfigError("cross.tlm.augment: TLM trains on cached source activations; augmentation is not supported")
     k = cross_dm_settings(cfg)["samples"]
-    if k != "all" and "digits" in cfg["datasets"] and k > DIGITS_TRAIN_SIZE:
+    if k != "all" and _has_digits(cfg) and k > DIGITS_TRAIN_SIZE:
         raise ConfigError(f"cross.dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
 
 
@@ -198,8 +251,18 @@ def network_pairs(cfg: dict[str, Any], setting: str) -> list[tuple[str, str]]:
 
 
 def train_settings(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    """The top-level train settings with the architecture's overrides applied."""
+    """The top-level train settings with the architecture's overrides applied; none for a network of your own
+    (family custom: imported, not trained, so a change to them must not re-import it)."""
+    if cfg["architectures"][arch]["family"] == "custom":
+        return {}
     return {**cfg["train"], **(cfg["architectures"][arch].get("train") or {})}
+
+
+def state_dict_files(cfg: dict[str, Any], dataset: str, net: str) -> list[str]:
+    """The state-dict file a network of your own (family custom) is imported from; none for a trained one."""
+    arch, seed = parse_network(net)
+    a = cfg["architectures"][arch]
+    return [catalog.state_dict_file(a["params"], seed, dataset)] if a["family"] == "custom" else []
 
 
 def layers(cfg: dict[str, Any], arch: str) -> list[str]:
@@ -223,6 +286,10 @@ def image_size(cfg: dict[str, Any], dataset: str) -> int:
 TLM_PRESETS: dict[str, dict[str, Any]] = {
     "paper3": {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "lr": 0.01, "weight_decay": 0.01,
                "batch_size": 256, "epochs": 4, "schedule": "cosine", "warmup_epochs": 2},
+    # Paper 2's (Csiszárik et al. 2021): Adam 1e-3, batch 128, 30 epochs, lr × 0.1 at 10 and 20, soft labels.
+    "paper2": {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "batch_size": 128, "epochs": 30,
+               "schedule": "multistep", "milestones": [10, 20], "gamma": 0.1, "warmup_epochs": 0,
+               "labels": "soft", "temperature": 1.0},
     "none": {},
 }
 
@@ -255,3 +322,64 @@ def cross_pairs(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         a, b = (network_id(x, c["seed"]) for x in c["conv_vit"])
         out += [("conv_vit", "trained", a, b), ("conv_vit", "trained", b, a)]
     return out
+
+
+# ----------------------------------------------------------------------------- paper 2's matching studies
+
+def frankenstein_pairs(cfg: dict[str, Any], arch: str) -> list[tuple[str, str]]:
+    """(Model 1, Model 2) networks of ``arch``: every ordered pair of two different ``frankenstein.seeds``."""
+    return [(network_id(arch, s), network_id(arch, t)) for s, t in permutations(cfg["frankenstein"]["seeds"], 2)]
+
+
+def frankenstein_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The study's settings with every default resolved (the layers each experiment uses, the TLM preset)."""
+    f = copy.deepcopy(cfg["frankenstein"])
+    net = f["network"] or (f["architectures"] or [None])[0]
+    if net is None:
+        return f
+    tlm = dict(f["tlm"])
+    f["tlm"] = canonical({**cfg["tlm"], **TLM_PRESETS[tlm.pop("preset")], **tlm})
+    names = layers(cfg, net)
+    f["network"] = net
+    f["track"]["layer"] = f["track"]["layer"] or names[min(2, len(names) - 1)]
+    f["inits"]["layer"] = f["inits"]["layer"] or names[len(names) // 2]
+    f["sparsity"]["layer"] = f["sparsity"]["layer"] or names[len(names) // 2]
+    f["lowrank"]["layers"] = f["lowrank"]["layers"] or names[-2:]
+    c = f["cka_penalty"]
+    c["architecture"] = c["architecture"] or (max(f["widths"], key=f["widths"].get) if f["widths"] else net)
+    c["layer"] = c["layer"] or layers(cfg, c["architecture"])[len(layers(cfg, c["architecture"])) // 2]
+    return f
+
+
+def _check_frankenstein(cfg: dict[str, Any]) -> None:
+    """Paper 2's study names existing architectures and, for each experiment, stitch points they have."""
+    f = cfg["frankenstein"]
+    if not f["enabled"]:
+        return
+    archs = cfg["architectures"]
+    named = [(f"frankenstein.architectures[{i}]", a) for i, a in enumerate(f["architectures"])]
+    named += [(f"frankenstein.widths.{a}", a) for a in f["widths"]]
+    named += [(f"frankenstein.{k}", v) for k, v in (("network", f["network"]),
+                                                     ("cka_penalty.architecture", f["cka_penalty"]["architecture"])) if v]
+    for where, arch in named:
+        if arch not in archs:
+            raise ConfigError(f"{where}: {arch!r} is not under architectures; known: {sorted(archs)}")
+    if not (f["network"] or f["architectures"]):
+        raise ConfigError("frankenstein.network: name the network of Figs. 4 and 6–8 (or list frankenstein.architectures)")
+    r = frankenstein_settings(cfg)
+    checks = [("track.layer", r["network"], [r["track"]["layer"]]), ("inits.layer", r["network"], [r["inits"]["layer"]]),
+              ("sparsity.layer", r["network"], [r["sparsity"]["layer"]]),
+              ("lowrank.layers", r["network"], r["lowrank"]["layers"]),
+              ("cka_penalty.layer", r["cka_penalty"]["architecture"], [r["cka_penalty"]["layer"]])]
+    for key, arch, names in checks:
+        for layer in names:
+            if layer not in layers(cfg, arch):
+                raise ConfigError(f"frankenstein.{key}: {arch} has no stitch point {layer!r}; stitch points: "
+                                  f"{layers(cfg, arch)}")
+    if r["tlm"].get("augment", "none") != "none":
+        raise ConfigError("frankenstein.tlm.augment: TLM trains on cached source activations; augmentation is not "
+                          "supported")
+    k = r["dm"]["samples"]
+    if k != "all" and _has_digits(cfg) and k > DIGITS_TRAIN_SIZE:
+        raise ConfigError(f"frankenstein.dm.samples: K = {k} is larger than the digits training split "
+                          f"({DIGITS_TRAIN_SIZE})")

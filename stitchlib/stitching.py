@@ -31,7 +31,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
+from stitchlib import tasks
 from stitchlib.train import make_optimizer, set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,11 @@ class AffineStitch(nn.Module):
 
     def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> "AffineStitch":
         with torch.no_grad():
-            self.weight.copy_(torch.as_tensor(w, dtype=self.weight.dtype))
+            w = torch.as_tensor(w, dtype=self.bias.dtype, device=self.bias.device)
+            if parametrize.is_parametrized(self, "weight"):
+                self.weight = w  # through the parametrisation's right_inverse (e.g. a bottleneck's factors)
+            else:
+                self.weight.copy_(w)
             self.bias.copy_(torch.as_tensor(b, dtype=self.bias.dtype))
         return self
 
@@ -233,52 +239,186 @@ class LeastSquares:
         self.xx += x.T @ x
         self.xy += x.T @ y
 
-    def solve(self, rcond: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    def _centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Means and centred cross-products: x̄, ȳ, C_xx = XᵀX − n x̄x̄ᵀ, C_xy = XᵀY − n x̄ȳᵀ."""
         if self.n == 0:
             raise ValueError("least squares with no rows")
         mx, my = self.sx / self.n, self.sy / self.n
-        cxx = self.xx - self.n * np.outer(mx, mx)
-        cxy = self.xy - self.n * np.outer(mx, my)
+        return mx, my, self.xx - self.n * np.outer(mx, mx), self.xy - self.n * np.outer(mx, my)
+
+    def solve(self, rcond: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+        mx, my, cxx, cxy = self._centred()
         evals, evecs = np.linalg.eigh(cxx)  # singular values of centred X are sqrt(evals)
         keep = evals > (rcond ** 2) * max(evals.max(), 0.0)
         inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
         w = (inv @ cxy).T
         return w, my - w @ mx
 
+    def procrustes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Orthogonal Procrustes (paper 2): M = UVᵀ from the SVD C_xy = U S Vᵀ of the centred AᵀB, so W = Mᵀ
+        has orthonormal rows or columns (semi-orthogonal when the widths differ); b = ȳ − W x̄."""
+        mx, my, _, cxy = self._centred()
+        u, _, vt = np.linalg.svd(cxy, full_matrices=False)
+        w = (u @ vt).T
+        return w, my - w @ mx
+
+    def reduced_rank(self, k: int, rcond: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+        """Reduced-rank regression (Izenman 1975; paper 2): M_k = M_LS V_k V_kᵀ, V_k the top-k right singular
+        vectors of the fitted A·M_LS — eigenvectors of M_LSᵀ C_xx M_LS. At full rank this is M_LS."""
+        if k < 1:
+            raise ValueError(f"reduced rank k must be ≥ 1, not {k}")
+        mx, my, cxx, _ = self._centred()
+        w, _ = self.solve(rcond)
+        m = w.T
+        _, v = np.linalg.eigh(m.T @ cxx @ m)  # ascending
+        vk = v[:, ::-1][:, :k]
+        w = (m @ vk @ vk.T).T
+        return w, my - w @ mx
+
+
+DM_METHODS = ("ls", "procrustes", "reduced_rank", "lasso")
+
+
+def lasso(x: np.ndarray, y: np.ndarray, alpha: float, max_iter: int = 5000, tol: float = 1e-6
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """L1-regularised least squares (paper 2, eq. 3; Li et al. 2016) by scikit-learn's coordinate descent:
+    min_{W,b} (1/2n)‖XWᵀ + b − Y‖²_F + α Σ|w_ij|, each output channel independently, intercept not penalised.
+    ``alpha = 0`` is plain least squares (solved by the same coordinate descent)."""
+    import warnings
+
+    from sklearn.linear_model import Lasso
+
+    if alpha < 0:
+        raise ValueError(f"lasso alpha must be ≥ 0, not {alpha}")
+    model = Lasso(alpha=alpha, max_iter=max_iter, tol=tol, precompute=True)
+    with warnings.catch_warnings():  # α = 0: scikit-learn advises LinearRegression; the CD solve still converges
+        warnings.filterwarnings("ignore", "With alpha=0", UserWarning)
+        model.fit(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    w = np.atleast_2d(model.coef_)
+    return w, np.atleast_1d(model.intercept_)
+
 
 def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterable[torch.Tensor],
-           rcond: float = 1e-6) -> AffineStitch:
-    """Fit ``stitch`` by direct matching on paired chunks of source and target activations."""
+           rcond: float = 1e-6, method: str = "ls", rank: int | None = None, alpha: float = 0.0) -> AffineStitch:
+    """Fit ``stitch`` by direct matching on paired chunks of source and target activations.
+
+    ``method``: 'ls' (least squares, paper 1), or paper 2's classes 'procrustes', 'reduced_rank' (with
+    ``rank``) and 'lasso' (with ``alpha``; holds every row in memory, the others stream)."""
+    if method not in DM_METHODS:
+        raise ValueError(f"unknown direct matching method {method!r}; use one of {DM_METHODS}")
+    if method == "reduced_rank" and not rank:
+        raise ValueError("reduced_rank direct matching needs a rank")
     ls = LeastSquares(stitch.weight.shape[1], stitch.weight.shape[0])
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
     for hs, ht in zip(source, target):
         hs = stitch.prepare(torch.as_tensor(hs, dtype=torch.float32))
-        ls.update(rows(hs, stitch.layout).numpy(), rows(np.asarray(ht), stitch.layout))
-    return stitch.set_affine(*ls.solve(rcond))
+        x, y = rows(hs, stitch.layout).numpy(), rows(np.asarray(ht), stitch.layout)
+        if method == "lasso":
+            kept.append((x, y))
+        else:
+            ls.update(x, y)
+    if method == "lasso":
+        return stitch.set_affine(*lasso(np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept]),
+                                        alpha))
+    solution = ls.solve(rcond) if method == "ls" else ls.procrustes() if method == "procrustes" \
+        else ls.reduced_rank(rank, rcond)
+    return stitch.set_affine(*solution)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
 def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, target: torch.Tensor,
-             labels: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
-    """Stitched accuracy of g>j ∘ T on ``source`` activations, and DM(struct) = ‖T(src) − tgt‖²/‖tgt‖²
-    over the whole set (float64 sums)."""
-    dev = stitch.weight.device
-    correct, err, norm = 0, 0.0, 0.0
+             labels: torch.Tensor, batch_size: int = 256, reference_logits: torch.Tensor | None = None,
+             task: str | tasks.Task = tasks.MULTICLASS) -> dict[str, float]:
+    """Stitched accuracy of g>j ∘ T on ``source`` activations (``task``'s: top-1, or the mean attribute
+    accuracy of a multi-label task), and DM(struct) = ‖T(src) − tgt‖²/‖tgt‖² over the whole set (float64
+    sums). With ``reference_logits`` (the receiver's own outputs) also the cross-entropy of the stitched
+    outputs to the receiver's (−Σ softmax(reference)·log softmax(stitched) for classes), averaged over samples
+    (paper 2, Fig. 2)."""
+    dev, task = stitch.bias.device, tasks.get(task)
+    correct, err, norm, xent = 0.0, 0.0, 0.0, 0.0
     for i in range(0, len(labels), batch_size):
         s = stitch(source[i:i + batch_size].to(dev))
         t = target[i:i + batch_size].to(dev)
-        correct += (receiver.back(s, layer).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+        logits = receiver.back(s, layer)
+        correct += float(task.correct(logits, labels[i:i + batch_size].to(dev)))
         err += (s.double() - t.double()).pow(2).sum().item()
         norm += t.double().pow(2).sum().item()
-    return {"accuracy": correct / len(labels), "struct": err / norm if norm > 0 else float("nan")}
+        if reference_logits is not None:
+            xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + batch_size].to(dev).double(),
+                                            reduction="sum").item()
+    out = {"accuracy": correct / len(labels), "struct": err / norm if norm > 0 else float("nan")}
+    if reference_logits is not None:
+        out["cross_entropy"] = xent / len(labels)
+    return out
 
 
 # ----------------------------------------------------------------------------- task loss matching
 
+INITS = ("random", "identity", "permutation", "ls")
+
+
+def init_stitch(stitch: AffineStitch, kind: str, seed: int = 0) -> AffineStitch:
+    """Paper 2's TLM initialisations of ``stitch`` (in place): 'random' (``nn.Linear``'s default uniform
+    ±1/√fan_in for weight and bias, from ``seed``), 'identity' (W = I, rectangular when the widths differ,
+    b = 0), 'permutation' (W a random 0/1 matrix with one 1 per output channel, each input used once
+    while they last, b = 0). 'ls' is DM: call :func:`fit_dm` instead."""
+    c_out, c_in = stitch.weight.shape
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        bound = 1 / math.sqrt(c_in)
+        return stitch.set_affine((torch.rand(c_out, c_in, generator=g) * 2 - 1) * bound,
+                                 (torch.rand(c_out, generator=g) * 2 - 1) * bound)
+    if kind == "identity":
+        return stitch.set_affine(torch.eye(c_out, c_in), torch.zeros(c_out))
+    if kind == "permutation":
+        cols = torch.cat([torch.randperm(c_in, generator=g) for _ in range(-(-c_out // c_in))])[:c_out]
+        return stitch.set_affine(F.one_hot(cols, c_in).float(), torch.zeros(c_out))
+    raise ValueError(f"unknown TLM initialisation {kind!r}; use one of {INITS} ('ls' = fit_dm)")
+
+
+class _Factors(nn.Module):
+    """W = U·V with U (c_out × k), V (k × c_in); assigning W sets the balanced rank-k truncated SVD factors."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return u @ v
+
+    def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        root = s[: self.rank].sqrt()
+        return u[:, : self.rank] * root, root[:, None] * vh[: self.rank]
+
+
+def bottleneck(stitch: AffineStitch, rank: int) -> AffineStitch:
+    """Make ``stitch`` a low-rank bottleneck W = W1·W2 (paper 2, §7) with a torch parametrisation: TLM trains
+    the factors, ``stitch.weight`` is their product, and ``set_affine`` (or the current weight, here) sets
+    them to the best rank-``rank`` approximation of the given W."""
+    c_out, c_in = stitch.weight.shape
+    if not 1 <= rank <= min(c_out, c_in):
+        raise ValueError(f"bottleneck rank must be in 1..{min(c_out, c_in)} for a {c_in}→{c_out} stitch, not {rank}")
+    parametrize.register_parametrization(stitch, "weight", _Factors(rank))
+    return stitch
+
+
+def batch_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA of two batches, each sample flattened: ⟨K_x, K_y⟩ / (‖K_x‖‖K_y‖) with K = XXᵀ of the
+    column-centred X (= ‖YᵀX‖²_F / (‖XᵀX‖_F‖YᵀY‖_F)). Differentiable: paper 2's CKA penalty."""
+    x, y = x.flatten(1), y.flatten(1)
+    x, y = x - x.mean(0), y - y.mean(0)
+    kx, ky = x @ x.T, y @ y.T
+    return (kx * ky).sum() / (kx.norm() * ky.norm())
+
+
 def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
               source: Callable[[Any, torch.Tensor], torch.Tensor], labels: torch.Tensor, cfg: dict[str, Any],
               *, seed: int, soft_targets: torch.Tensor | None = None,
+              target: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+              on_step: Callable[[int, int], None] | None = None, task: str | tasks.Task = tasks.MULTICLASS,
               progress: Callable[[str], None] = log.info) -> list[float]:
     """Train stitches that share the receiving layer ``layer`` of ``receiver``, together.
 
@@ -288,40 +428,52 @@ def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
     are concatenated along the batch and pushed through g>j once, and the loss is the sum of the
     per-stitch mean losses, so each stitch gets exactly the gradient it would get if trained alone.
 
-    Loss: cross-entropy on hard ``labels``, or with ``cfg['labels'] == 'soft'`` the KL divergence to
-    ``softmax(soft_targets / T)`` (the receiver's own outputs) scaled by T².
-    Returns the mean loss per epoch (summed over stitches).
+    Loss per stitch: ``task``'s loss on hard ``labels`` (cross-entropy; binary cross-entropy per attribute
+    for a multi-label task), or with ``cfg['labels'] == 'soft'`` the distillation loss to the receiver's own
+    outputs ``soft_targets`` at temperature T (KL divergence scaled by T²); plus paper 2's penalties
+    ``cfg['l1']`` · Σ|W| and ``cfg['cka_penalty']`` · CKA(target, stitched) on the batch (:func:`batch_cka`;
+    ``target(key, idx)`` gives the receiver's own activations). ``on_step(epoch, step)`` runs after every
+    optimiser step (step counts from 1), e.g. to track indices while the stitch trains.
+    Returns the mean loss per epoch (summed over stitches, penalties included).
     """
     receiver.eval()
     for p in receiver.parameters():
         p.requires_grad_(False)
-    keys = list(stitches)
-    dev = stitches[keys[0]].weight.device
+    task, keys = tasks.get(task), list(stitches)
+    dev = stitches[keys[0]].bias.device
     opt = make_optimizer([p for k in keys for p in stitches[k].parameters()], cfg)
     soft, temp = cfg.get("labels", "hard") == "soft", cfg.get("temperature", 1.0)
+    l1, cka = cfg.get("l1", 0.0), cfg.get("cka_penalty", 0.0)
     if soft and soft_targets is None:
         raise ValueError("tlm.labels = soft needs the receiver's outputs on the training split")
+    if cka and target is None:
+        raise ValueError("tlm.cka_penalty needs the receiver's own activations at the stitch (target)")
     g = torch.Generator().manual_seed(seed)
-    n, bs, curve = len(labels), cfg["batch_size"], []
+    n, bs, curve, step = len(labels), cfg["batch_size"], [], 0
     for epoch in range(cfg["epochs"]):
         set_epoch_lr(opt, cfg, epoch)
         order, total = torch.randperm(n, generator=g), 0.0
         for start in range(0, n, bs):
             idx = order[start:start + bs].sort().values  # sorted: HDF5-friendly, order-free loss
-            out = torch.cat([stitches[k](source(k, idx).to(dev)) for k in keys])
-            logits = receiver.back(out, layer).view(len(keys), len(idx), -1)
+            outs = [stitches[k](source(k, idx).to(dev)) for k in keys]
+            logits = receiver.back(torch.cat(outs), layer).view(len(keys), len(idx), -1)
             if soft:
-                t = F.log_softmax(soft_targets[idx].to(dev) / temp, -1).expand_as(logits)
-                loss = F.kl_div(F.log_softmax(logits / temp, -1), t, log_target=True,
-                                reduction="none").sum(-1).mean(1).sum() * temp ** 2
+                losses = task.soft_loss(logits, soft_targets[idx].to(dev), temp, reduction="none").mean(1)
             else:
                 y = labels[idx].to(dev)
-                loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(keys)), reduction="none") \
-                    .view(len(keys), -1).mean(1).sum()
+                losses = task.loss(logits, y.expand(len(keys), *y.shape), reduction="none").mean(1)
+            loss = losses.sum()
+            if l1:
+                loss = loss + l1 * sum(stitches[k].weight.abs().sum() for k in keys)
+            if cka:
+                loss = loss + cka * sum(batch_cka(o, target(k, idx).to(dev)) for k, o in zip(keys, outs))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+            step += 1
+            if on_step is not None:
+                on_step(epoch, step)
         curve.append(total / n)
         progress(f"layer {layer}: epoch {epoch + 1}/{cfg['epochs']} loss {curve[-1]:.4f} ({len(keys)} stitches)")
     return curve

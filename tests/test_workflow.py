@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from stitchlib import catalog
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 pytestmark = pytest.mark.workflow
@@ -46,12 +48,16 @@ def test_default_config_dry_run_job_counts(tmp_path):
     # paper 1: 2 architectures × 3 seeds = 6 networks; per arch 3 intra + 6 inter pairs = 9 → 18 pairs per method
     # one OOD detector per (network, layer): 3 × 8 ResNet blocks + 3 × 6 ViT blocks = 42; Ding tests: probes and
     # low-rank families per network, specificity per architecture. Paper 3: 3 small ResNets (trained + their
-    # initialisations), 9 ordered pairs × (trained, random sender, random receiver) + resnet18 ↔ vit = 29 pair jobs
-    assert job_counts(out.stdout) == {"train": 9, "extract": 9, "dm": 18, "tlm": 18, "indices": 2,
+    # initialisations), 9 ordered pairs × (trained, random sender, random receiver) + resnet18 ↔ vit = 29 pair jobs.
+    # Paper 2: Tiny-10 and ResNet-20 at 3 widths × 2 seeds = 8 networks; Figs. 2–3 on both ordered pairs of each of
+    # the 4 architectures (8 jobs), Fig. 4 on both Tiny-10 pairs, Figs. 5 and 7 one job each (12 frankenstein_run)
+    assert job_counts(out.stdout) == {"train": 17, "extract": 17, "dm": 18, "tlm": 18, "indices": 2,
                                       "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1,
-                                      "outliers": 6, "detector": 42, "ood_scores": 36, "ood_figures": 1,
+                                      "outliers": 6, "detector": 42, "ood_scores": 18, "ood_figures": 1,
                                       "probes": 6, "sensitivity": 6, "specificity": 2, "ding_tables": 1,
-                                      "cross_init": 3, "cross_pair": 29, "cross_report": 1, "report": 1}
+                                      "cross_init": 3, "cross_pair": 29, "cross_report": 1,
+                                      "frankenstein_run": 12, "frankenstein_inits": 1, "frankenstein_sparsity": 1,
+                                      "frankenstein_figures": 1, "report": 1}
 
 
 def test_one_table_builds_only_its_ancestors(tmp_path):
@@ -149,7 +155,8 @@ def _fake_data(tmp_path, raw: dict) -> dict:
     for name, d in raw["datasets"].items():
         root = tmp_path / "data" / name
         for p in {"cifar10": ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"],
-                  "svhn": ["train_32x32.mat", "test_32x32.mat"], "imagenet": ["train/n0/a.JPEG", "val/n0/a.JPEG"]}[name]:
+                  "svhn": ["train_32x32.mat", "test_32x32.mat"], "imagenet": ["train/n0/a.JPEG", "val/n0/a.JPEG"],
+                  "celeba": ["celeba/img_align_celeba/000001.jpg", *(f"celeba/{f}" for f in catalog.CELEBA_FILES)]}[name]:
             (root / p).parent.mkdir(parents=True, exist_ok=True)
             (root / p).touch()
         d["root"] = str(root)
@@ -172,3 +179,18 @@ def test_paper1_configs_dry_run_with_tables_2_and_3(tmp_path, name, dataset, see
     assert job_counts(out.stdout) == {"train": nets, "extract": nets, "dm": pairs, "tlm": pairs, "indices": 2,
                                       "similarity_table": 1, "table1": 1, "probes": nets, "sensitivity": nets,
                                       "specificity": 2, "ding_tables": 1}
+
+
+@pytest.mark.parametrize("name,archs", [("paper2-cifar10", {"tiny10", "resnet20", "resnet20x2", "resnet20x3",
+                                                             "resnet20x4"}), ("paper2-celeba", {"inception"})])
+def test_paper2_configs_dry_run_counts(tmp_path, name, archs):
+    raw = _fake_data(tmp_path, yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text()))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = smk("-n", "frankenstein", "--configfile", str(cfg), cwd=tmp_path)
+    seeds = len(raw["frankenstein"]["seeds"])
+    pairs = seeds * (seeds - 1)
+    # Figs. 2–3: every pair of each architecture; Fig. 4: every pair of `network`; Figs. 5, 7: one job each
+    assert job_counts(out.stdout) == {"train": seeds * len(archs), "extract": seeds * len(archs),
+                                      "frankenstein_run": len(archs) * pairs + pairs + 2, "frankenstein_inits": 1,
+                                      "frankenstein_sparsity": 1, "frankenstein_figures": 1, "frankenstein": 1}

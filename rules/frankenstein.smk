@@ -1,0 +1,71 @@
+# Paper 2 (Csiszárik et al. 2021): matching classes, TLM options and their figures. Each job runs one
+# experiment on one (Model 1, Model 2) pair from the activation caches; one job draws every figure.
+
+
+rule frankenstein_run:
+    input:
+        unpack(pair_inputs),
+    output:
+        csv=f"{R}/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.csv",
+    wildcard_constraints:
+        experiment="|".join(sorted(FRANK_CSV)),
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        settings=FRANK,
+        device=config["device"],
+    log:
+        f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/frankenstein.py"
+
+
+use rule frankenstein_run as frankenstein_inits with:
+    output:
+        csv=f"{R}/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.csv",
+        mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
+    log:
+        f"{R}/logs/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.log",
+
+
+use rule frankenstein_run as frankenstein_sparsity with:
+    output:
+        csv=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.csv",
+        matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",
+    log:
+        f"{R}/logs/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.log",
+
+
+rule frankenstein_figures:
+    input:
+        unpack(lambda w: frank_results(w.dataset)),
+    output:
+        figures=[f"{R}/figures/{{dataset}}/frankenstein/{name}.png" for name in frank_figure_names()],
+        csv=f"{R}/tables/{{dataset}}/frankenstein/summary.csv",
+        md=f"{R}/tables/{{dataset}}/frankenstein/summary.md",
+    params:
+        settings=FRANK,
+        names=frank_figure_names(),
+    log:
+        f"{R}/logs/frankenstein/{{dataset}}/figures.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/stitchlib.yaml"
+    script:
+        "../workflow_scripts/frankenstein_figures.py"
+
+
+STUDY_TARGETS.append(frank_targets)
+
+
+rule frankenstein:
+    input:
+        [f for d in config["datasets"] for f in frank_targets(d)],
