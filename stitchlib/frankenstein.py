@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from stitchlib import io, tasks
+from stitchlib.progress import Progress
 from stitchlib import similarity as sim
 from stitchlib.pipeline import _layer_shapes, _new_stitch, check_activations, load_network
 from stitchlib.stitching import (AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm)
@@ -120,7 +121,7 @@ def _row(pair: Pair, layer: str, **cols: Any) -> dict[str, Any]:
 
 def layer_matching(pair: Pair, settings: dict[str, Any]) -> pd.DataFrame:
     """Fig. 2 / Fig. 3: every layer stitched to itself by LS, Procrustes, and TLM initialised from LS."""
-    out, dm, tlm = [], settings["dm"], settings["tlm"]
+    out, dm, tlm, meter = [], settings["dm"], settings["tlm"], Progress(len(pair.layers), "layers")
     for layer in pair.layers:
         ls = pair.dm(layer, "ls", **dm)
         out.append(_row(pair, layer, method="ls", **pair.score(ls, layer), **pair.indices(ls, layer)))
@@ -128,8 +129,8 @@ def layer_matching(pair: Pair, settings: dict[str, Any]) -> pd.DataFrame:
         out.append(_row(pair, layer, method="procrustes", **pair.score(pr, layer), **pair.indices(pr, layer)))
         pair.tlm({0: ls}, layer, tlm, seed=tlm["seed"])
         out.append(_row(pair, layer, method="tlm", **pair.score(ls, layer), **pair.indices(ls, layer)))
-        log.info("%s: LS %.3f, Procrustes %.3f, TLM %.3f relative accuracy", layer, out[-3]["relative_accuracy"],
-                 out[-2]["relative_accuracy"], out[-1]["relative_accuracy"])
+        log.info(meter.line(f"{layer}: LS {out[-3]['relative_accuracy']:.3f}, Procrustes "
+                            f"{out[-2]['relative_accuracy']:.3f}, TLM {out[-1]['relative_accuracy']:.3f} relative accuracy"))
     return pd.DataFrame(out)
 
 
@@ -175,7 +176,7 @@ def initialisations(pair: Pair, settings: dict[str, Any]) -> tuple[pd.DataFrame,
     seeds 0…n−1; LS inits trained with batch orders 0…n−1). Exp. 6: for every two random-init stitches that
     both reach ``min_relative_accuracy``, the relative accuracy of λ·M1 + (1−λ)·M2 (weights and biases)."""
     c, layer, tlm = settings["inits"], settings["inits"]["layer"], settings["tlm"]
-    rows_, stitches = [], {}
+    rows_, stitches, meter = [], {}, Progress(len(c["kinds"]) * c["n"], "TLM runs")
     for kind in c["kinds"]:
         for run in range(c["n"]):
             st = pair.dm(layer, "ls", **settings["dm"]) if kind == "ls" else \
@@ -185,6 +186,7 @@ def initialisations(pair: Pair, settings: dict[str, Any]) -> tuple[pd.DataFrame,
             rows_.append(_row(pair, layer, init=kind, run=run, initial_relative_accuracy=start,
                               **pair.score(st, layer)))
             stitches[kind, run] = st
+            log.info(meter.line(f"{kind} init {run}: relative accuracy {rows_[-1]['relative_accuracy']:.3f}"))
     inits = pd.DataFrame(rows_)
     m = settings["mode_connectivity"]
     good = [r.run for r in inits.itertuples() if r.init == "random" and r.relative_accuracy >= m["min_relative_accuracy"]]

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stitchlib.models import CifarResNet
+from stitchlib.progress import Progress
 from stitchlib.train import make_optimizer, set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     metrics: dict[str, Any] = {"pretrain_loss": [], "finetune_loss": [], "pretrain_lr": [], "finetune_lr": []}
 
     pre = cfg["pretrain"]
+    meter = Progress(pre["epochs"] + cfg["finetune"]["epochs"], "detector epoch")
     opt = make_optimizer(detector.parameters(), pre)
     for epoch in range(pre["epochs"]):
         set_epoch_lr(opt, pre, epoch)
@@ -253,7 +255,7 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
             total += loss.item() * len(idx)
         metrics["pretrain_loss"].append(total / len(x))
         metrics["pretrain_lr"].append(opt.param_groups[0]["lr"])
-        progress(f"detector stage 1: epoch {epoch + 1}/{pre['epochs']} CE {metrics['pretrain_loss'][-1]:.4f}")
+        progress(meter.line(f"stage 1 (cross-entropy) {metrics['pretrain_loss'][-1]:.4f}"))
 
     fin = cfg["finetune"]
     b = max(1, fin["batch_size"] // 2)
@@ -273,7 +275,7 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
             total += loss.item() * len(idx)
         metrics["finetune_loss"].append(total / len(x))
         metrics["finetune_lr"].append(opt.param_groups[0]["lr"])
-        progress(f"detector stage 2: epoch {epoch + 1}/{fin['epochs']} loss {metrics['finetune_loss'][-1]:.4f}")
+        progress(meter.line(f"stage 2 (energy fine-tuning) loss {metrics['finetune_loss'][-1]:.4f}"))
 
     detector.eval()
     with torch.no_grad():

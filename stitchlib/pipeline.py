@@ -18,6 +18,7 @@ import torch
 
 from stitchlib import config as sconf
 from stitchlib import data, io, models, report, tasks
+from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, evaluate, fit_dm, make_stitch, train_tlm
 from stitchlib.train import pick_device, train_network
 
@@ -270,7 +271,7 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
     cache = {sl: torch.as_tensor(io.read_layer(inputs["src_train"], sl)) for sl in src_spec["layers"]}
     group = settings["group_size"]
     group = (len(src_spec["layers"]) if dev.type == "cuda" else 1) if group == "auto" else group
-    start = time.time()
+    start, meter = time.time(), Progress(len(stitches), "TLM stitches")
     for tl in tgt_spec["layers"]:
         keys = [_stitch_key(sl, tl) for sl in src_spec["layers"]]
         for g in range(0, len(keys), group):
@@ -278,6 +279,7 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
             train_tlm(batch, receiver, receiver.layer_index(tl), lambda k, idx: cache[k.split("->")[0]][idx],
                       labels, settings, seed=settings["seed"], soft_targets=soft,
                       task=tasks.for_dataset(tgt_spec["dataset"]))
+            log.info(meter.line(", ".join(batch), n=len(batch)))
     log.info("trained %d TLM stitches in %.1f s", len(stitches), time.time() - start)
     df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "tlm")
     _save_stitches(out_pt, stitches)

@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from stitchlib import data, tasks
+from stitchlib.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def train_network(net: nn.Module, train_ds: Dataset, test_ds: Dataset, cfg: dict
     task = tasks.get(task) if task is not None else tasks.of(train_ds)
     net.to(device)
     opt = make_optimizer(net.parameters(), cfg)
+    meter = Progress(cfg["epochs"], "epoch")
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for epoch in range(cfg["epochs"]):
@@ -91,7 +93,7 @@ def train_network(net: nn.Module, train_ds: Dataset, test_ds: Dataset, cfg: dict
             opt.step()
             total, count = total + loss.item() * len(y), count + len(y)
         losses.append(total / count)
-        progress(f"epoch {epoch + 1}/{cfg['epochs']} loss {losses[-1]:.4f}")
+        progress(meter.line(f"loss {losses[-1]:.4f}"))
     net.eval()
     bs = cfg["batch_size"]
     return {

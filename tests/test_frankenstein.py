@@ -269,3 +269,12 @@ def test_study_numbers_hold_their_invariants(study):
     sp = pd.read_csv(next((base / "sparsity").glob("*.csv")))
     lasso_ = sp[sp.method == "lasso_dm"].sort_values("strength")
     assert lasso_.sparsity.is_monotonic_increasing and lasso_.sparsity.iloc[-1] > 0.5
+
+
+def test_progress_lines_count_and_estimate():
+    from stitchlib.progress import Progress
+
+    p = Progress(4, "stitches")
+    first = p.line("a")
+    assert first.startswith("stitches 1/4 (25%) [0:00 elapsed, ~0:00 left] a")
+    assert p.line(n=3).startswith("stitches 4/4 (100%)") and "\r" not in first

@@ -14,7 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 GPU_RULES = {"train", "extract", "outliers", "detector", "ood_scores", "dm", "tlm", "probes", "sensitivity",
-             "specificity", "cross_init", "cross_pair"}
+             "specificity", "cross_init", "cross_pair", "frankenstein_run", "frankenstein_inits",
+             "frankenstein_sparsity"}
 sys.path.insert(0, str(ROOT / "tools" / "slurm"))
 
 
@@ -28,6 +29,8 @@ def workflow_rules() -> dict[str, bool]:
     for f in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
         for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", f.read_text(), re.M):
             rules[m.group(1)] = bool(re.search(r"^\s+(script|shell|run|wrapper|notebook):", m.group(2), re.M))
+        for m in re.finditer(r"^use rule (\w+) as (\w+) with:", f.read_text(), re.M):  # runs what its parent runs
+            rules[m.group(2)] = rules[m.group(1)]
     return rules
 
 
