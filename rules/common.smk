@@ -181,6 +181,14 @@ def cross_targets(dataset):
 
 FRANK = sconf.frankenstein_settings(config)
 FRANK_CSV = {"layers", "track", "cka_penalty", "lowrank"}  # experiments that write one CSV per network pair
+# the settings each experiment reads beyond dm and tlm: a job's params are only these, so a change to one
+# experiment's settings reruns only its jobs (and the figures)
+FRANK_KEYS = {"layers": [], "track": ["track"], "cka_penalty": ["cka_penalty"], "lowrank": ["lowrank"],
+              "inits": ["inits", "mode_connectivity"], "sparsity": ["sparsity"]}
+
+
+def frank_settings(experiment):
+    return {k: FRANK[k] for k in ("dm", "tlm", *FRANK_KEYS[experiment])}
 
 
 def frank_file(dataset, experiment, src, tgt, ext="csv"):

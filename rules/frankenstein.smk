@@ -12,7 +12,7 @@ rule frankenstein_run:
     params:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        settings=FRANK,
+        settings=lambda w: frank_settings(w.experiment),
         device=config["device"],
     log:
         f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
@@ -27,6 +27,11 @@ rule frankenstein_run:
 
 
 use rule frankenstein_run as frankenstein_inits with:
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        settings=frank_settings("inits"),
+        device=config["device"],
     output:
         csv=f"{R}/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.csv",
         mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
@@ -35,6 +40,11 @@ use rule frankenstein_run as frankenstein_inits with:
 
 
 use rule frankenstein_run as frankenstein_sparsity with:
+    params:
+        src=lambda w: network_spec(config, w.dataset, w.src),
+        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        settings=frank_settings("sparsity"),
+        device=config["device"],
     output:
         csv=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.csv",
         matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",

@@ -261,9 +261,11 @@ EXPERIMENTS = ("layers", "track", "cka_penalty", "inits", "lowrank", "sparsity")
 def run(experiment: str, src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any],
         outputs: dict[str, str], device: str = "auto") -> None:
     """One workflow job: ``experiment`` on one (Model 1, Model 2) pair; ``outputs`` name its files."""
-    layers = {"layers": tgt_spec["layers"], "track": [settings["track"]["layer"]],
-              "cka_penalty": [settings["cka_penalty"]["layer"]], "inits": [settings["inits"]["layer"]],
-              "lowrank": settings["lowrank"]["layers"], "sparsity": [settings["sparsity"]["layer"]]}[experiment]
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; use one of {EXPERIMENTS}")
+    # ``settings``: dm, tlm and the experiment's own section (a job sees only what it reads)
+    layers = tgt_spec["layers"] if experiment == "layers" else settings["lowrank"]["layers"] \
+        if experiment == "lowrank" else [settings[experiment]["layer"]]
     torch.manual_seed(0)
     start = time.time()
     pair = Pair(src_spec, tgt_spec, inputs, layers, device)
@@ -285,8 +287,6 @@ def run(experiment: str, src_spec: dict, tgt_spec: dict, inputs: dict[str, str],
         with io.atomic_path(outputs["matrices"]) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **mats)
-    else:
-        raise ValueError(f"unknown experiment {experiment!r}; use one of {EXPERIMENTS}")
     log.info("%s %s → %s in %.1f s", experiment, src_spec["net"], tgt_spec["net"], time.time() - start)
 
 
@@ -508,9 +508,11 @@ def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.Da
             by.get("bottleneck_tlm", np.nan) - by.get("reduced_rank_ls", np.nan), "TLM above LS at every rank")
     sp = results.get("sparsity", pd.DataFrame())
     for method, g in sp.groupby("method") if len(sp) else []:
-        top = g.sort_values("sparsity").iloc[-1]
-        add("Fig. 8", f"{method}: relative accuracy at its highest sparsity ({top.sparsity:.2f})",
-            top.relative_accuracy, "DM drops sharply near 80–90 % sparsity; TLM degrades far less")
+        below = g[g.sparsity <= 0.9].sort_values("sparsity")  # the paper's range of interest: up to 90 % zeros
+        if len(below):
+            top = below.iloc[-1]
+            add("Fig. 8", f"{method}: relative accuracy at its highest sparsity up to 90 % ({top.sparsity:.2f})",
+                top.relative_accuracy, "DM drops sharply near 80–90 % sparsity; TLM degrades far less")
     return pd.DataFrame(out)
 
 

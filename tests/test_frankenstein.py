@@ -222,12 +222,14 @@ def _smk(*args, cwd):
                           cwd=cwd, capture_output=True, text=True, check=False)
 
 
+TARGET = "results/tables/digits/frankenstein/summary.csv"
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frankenstein")
     cfg = ROOT / "tests" / "configs" / "tiny-frankenstein.yaml"
-    target = "results/tables/digits/frankenstein/summary.csv"
-    r = _smk(target, "--cores", "2", "--configfile", str(cfg), cwd=tmp)
+    r = _smk(TARGET, "--cores", "2", "--configfile", str(cfg), cwd=tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return tmp / "results"
 
@@ -278,3 +280,17 @@ def test_progress_lines_count_and_estimate():
     first = p.line("a")
     assert first.startswith("stitches 1/4 (25%) [0:00 elapsed, ~0:00 left] a")
     assert p.line(n=3).startswith("stitches 4/4 (100%)") and "\r" not in first
+
+
+def test_changing_one_experiment_reruns_only_its_job_and_the_figures(study):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "tests" / "configs" / "tiny-frankenstein.yaml").read_text())
+    raw["frankenstein"]["sparsity"]["tlm_l1"] = [0.0, 0.1]
+    cfg = study.parent / "changed.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    r = _smk(TARGET, "-n", "--quiet", "rules", "--configfile", str(cfg), cwd=study.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = dict(line.split() for line in r.stdout.split("Job stats:")[1].splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert jobs == {"frankenstein_sparsity": "1", "frankenstein_figures": "1", "total": "2"}
