@@ -399,6 +399,8 @@ def _fig_low_rank(df: pd.DataFrame, path: str, plt) -> None:
             ax.axhline(full.relative_accuracy.iloc[0], color="grey", linestyle=":",
                        label=f"full-rank LS (rank {int(full['rank'].iloc[0])})")
         ax.set_xscale("log", base=2)
+        ranks = sorted(g.loc[g.method != "ls", "rank"].unique())
+        ax.set_xticks(ranks, [str(r) for r in ranks])
         ax.set_xlabel("rank")
         ax.set_ylabel("relative accuracy")
         ax.set_title(f"{g.architecture.iloc[0]} {layer}", fontsize=9)
