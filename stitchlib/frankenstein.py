@@ -375,9 +375,12 @@ def _fig_tracking(df: pd.DataFrame, path: str, plt, title: str, hue: str | None 
 
 def _fig_inits(df: pd.DataFrame, path: str, plt) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    bins = np.linspace(min(0.0, df.relative_accuracy.min()), max(1.05, df.relative_accuracy.max()), 30)
+    lo, hi = df.relative_accuracy.min(), df.relative_accuracy.max()
+    pad = max(0.005, 0.05 * (hi - lo))  # the runs' own range: runs that all converge still show their spread
+    bins = np.linspace(lo - pad, hi + pad, 30)
     for kind, g in df.groupby("init", sort=False):
-        ax.hist(g.relative_accuracy, bins=bins, alpha=0.6, label=f"{kind} ({len(g)} runs)")
+        ax.hist(g.relative_accuracy, bins=bins, histtype="stepfilled", alpha=0.45, edgecolor="black",
+                label=f"{kind} ({len(g)} runs)")
     ax.set_xlabel("relative accuracy after TLM")
     ax.set_ylabel("runs")
     ax.legend(fontsize=8)
