@@ -33,7 +33,7 @@ import torch
 from stitchlib import io, tasks
 from stitchlib.progress import Progress
 from stitchlib import similarity as sim
-from stitchlib.pipeline import _layer_shapes, _new_stitch, check_activations, load_network
+from stitchlib.pipeline import _layer_shapes, _new_stitch, check_activations, dm_sample_index, load_network
 from stitchlib.stitching import (AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm)
 from stitchlib.train import pick_device
 
@@ -68,8 +68,7 @@ class Pair:
     def dm(self, layer: str, method: str = "ls", samples: int | str = "all", seed: int = 0, rcond: float = 1e-6,
            **kw: Any) -> AffineStitch:
         """A direct-matching stitch fitted on the training split (all of it, or ``samples`` drawn images)."""
-        n = len(self.labels["train"])
-        idx = np.arange(n) if samples == "all" else np.sort(np.random.default_rng(seed).permutation(n)[:samples])
+        idx = dm_sample_index(len(self.labels["train"]), samples, seed)
         chunks = [torch.as_tensor(idx[i:i + 256]) for i in range(0, len(idx), 256)]
         st = fit_dm(self.new_stitch(layer).cpu(), (self.src["train", layer][c] for c in chunks),
                     (self.tgt["train", layer][c].numpy() for c in chunks), rcond=rcond, method=method, **kw)
