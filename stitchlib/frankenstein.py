@@ -33,7 +33,8 @@ import torch
 from stitchlib import io, tasks
 from stitchlib.progress import Progress
 from stitchlib import similarity as sim
-from stitchlib.pipeline import _layer_shapes, _new_stitch, check_activations, dm_sample_index, load_network
+from stitchlib.pipeline import (_layer_shapes, _new_stitch, _stitched, check_activations, dm_sample_index,
+                                load_network)
 from stitchlib.stitching import (AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm)
 from stitchlib.train import pick_device
 
@@ -91,18 +92,13 @@ class Pair:
         return {"accuracy": r["accuracy"], "relative_accuracy": r["accuracy"] / self.receiver_accuracy,
                 "cross_entropy": r["cross_entropy"], "struct": r["struct"]}
 
-    @torch.no_grad()
-    def stitched(self, stitch: AffineStitch, layer: str, split: str = "test") -> torch.Tensor:
-        x = self.src[split, layer]
-        return torch.cat([stitch(x[i:i + 256].to(self.dev)).cpu() for i in range(0, len(x), 256)])
-
     def indices(self, stitch: AffineStitch, layer: str) -> dict[str, float]:
         """CKA (flattened, as Kornblith et al.) between the stitched and Model 2's test activations, and R²_LR
         (paper 2, Def. 6.1) of the regression from Model 2's activations onto the stitched ones (each position
         a sample, so the regression is determined), in float64. The other direction, stitched → Model 2, is
         the same for every invertible stitch of one source (an affine map of the regressors changes no fit),
         so it could not move while a stitch trains."""
-        s, t = self.stitched(stitch, layer).double(), self.tgt["test", layer].double()
+        s, t = _stitched(stitch, self.src["test", layer]).double(), self.tgt["test", layer].double()
         layout = self.tgt_shapes[layer][1]
         return {"cka": sim.lcka(s, t), "r2_lr": sim.r2_lr(rows(t, layout), rows(s, layout))}
 
