@@ -13,9 +13,9 @@ rule cross_init:
         train=f"{R}/activations/{{dataset}}/init/{{net}}/train.h5",
         test=f"{R}/activations/{{dataset}}/init/{{net}}/test.h5",
     params:
-        spec=lambda w: network_spec(config, w.dataset, w.net),
+        spec=net_spec,
         settings=config["extract"],
-        device=config["device"],
+        device=DEVICE,
     log:
         f"{R}/logs/cross_init/{{dataset}}/{{net}}.log",
     threads: THREADS
@@ -39,12 +39,12 @@ rule cross_pair:
     wildcard_constraints:
         condition="|".join(sconf.CONTROLS),
     params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        src=src_spec,
+        tgt=tgt_spec,
         dm=sconf.cross_dm_settings(config),
         tlm=sconf.cross_tlm_settings(config),
         conv_stitch=config["cross"]["stitch"],
-        device=config["device"],
+        device=DEVICE,
     log:
         f"{R}/logs/cross_pair/{{dataset}}/{{condition}}/{{src}}__{{tgt}}.log",
     threads: THREADS
@@ -59,18 +59,16 @@ rule cross_pair:
 
 rule cross_report:
     input:
-        dm=lambda w: [cross_pair_file(w.dataset, c, "dm", s, t, "csv") for _, c, s, t in sconf.cross_pairs(config)],
-        tlm=lambda w: [cross_pair_file(w.dataset, c, "tlm", s, t, "csv") for _, c, s, t in sconf.cross_pairs(config)],
+        unpack(cross_report_inputs),
     output:
         table=f"{R}/matrices/{{dataset}}/cross/stitches.csv",
         summary_csv=f"{R}/tables/{{dataset}}/cross/summary.csv",
         summary_md=f"{R}/tables/{{dataset}}/cross/summary.md",
         figures=[f for figures in cross_figures("{dataset}") for f in figures.values()],
     params:
-        figures=lambda w: cross_figures(w.dataset),
-        jobs=sconf.cross_pairs(config),
-        specs=lambda w: {net: network_spec(config, w.dataset, net)
-                         for _, _, s, t in sconf.cross_pairs(config) for net in (s, t)},
+        figures=cross_figures_of,
+        jobs=CROSS_JOBS,
+        specs=cross_specs,
     log:
         f"{R}/logs/cross_report/{{dataset}}.log",
     threads: 1

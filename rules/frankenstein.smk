@@ -10,10 +10,10 @@ rule frankenstein_run:
     wildcard_constraints:
         experiment="|".join(sorted(FRANK_CSV)),
     params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        settings=lambda w: frank_settings(w.experiment),
-        device=config["device"],
+        src=src_spec,
+        tgt=tgt_spec,
+        settings=frank_experiment_settings,
+        device=DEVICE,
     log:
         f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
     threads: THREADS
@@ -28,10 +28,10 @@ rule frankenstein_run:
 
 use rule frankenstein_run as frankenstein_inits with:
     params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        src=src_spec,
+        tgt=tgt_spec,
         settings=frank_settings("inits"),
-        device=config["device"],
+        device=DEVICE,
     output:
         csv=f"{R}/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.csv",
         mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
@@ -41,10 +41,10 @@ use rule frankenstein_run as frankenstein_inits with:
 
 use rule frankenstein_run as frankenstein_sparsity with:
     params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        src=src_spec,
+        tgt=tgt_spec,
         settings=frank_settings("sparsity"),
-        device=config["device"],
+        device=DEVICE,
     output:
         csv=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.csv",
         matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",
@@ -54,7 +54,7 @@ use rule frankenstein_run as frankenstein_sparsity with:
 
 rule frankenstein_figures:
     input:
-        unpack(lambda w: frank_results(w.dataset)),
+        unpack(frank_results),
     output:
         figures=[f"{R}/figures/{{dataset}}/frankenstein/{name}.png" for name in frank_figure_names()],
         csv=f"{R}/tables/{{dataset}}/frankenstein/summary.csv",

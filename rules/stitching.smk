@@ -9,16 +9,17 @@ rule dm:
         stitches=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.pt",
         csv=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.csv",
     params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        src=src_spec,
+        tgt=tgt_spec,
         settings=config["dm"],
-        device=config["device"],
+        device=DEVICE,
     log:
         f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
         mem_mb=4000,
         runtime=60,
+    priority: table1_first
     conda:
         "../envs/stitchlib.yaml"
     script:
@@ -28,21 +29,22 @@ rule dm:
 rule tlm:
     input:
         unpack(pair_inputs),
-        dm=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.pt",
+        dm=dm_stitches,
     output:
         stitches=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.pt",
         csv=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.csv",
     params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
+        src=src_spec,
+        tgt=tgt_spec,
         settings=config["tlm"],
-        device=config["device"],
+        device=DEVICE,
     log:
         f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
         mem_mb=8000,
         runtime=240,
+    priority: table1_first
     conda:
         "../envs/stitchlib.yaml"
     script:
@@ -51,12 +53,12 @@ rule tlm:
 
 rule indices:
     input:
-        unpack(lambda w: {net: acts(w.dataset, net, "test") for net in arch_networks(w.arch)}),
+        unpack(index_inputs),
     output:
         f"{R}/similarity/{{dataset}}/{{arch}}.csv",
     params:
-        specs=lambda w: {net: network_spec(config, w.dataset, net) for net in arch_networks(w.arch)},
-        pairs=lambda w: [p for p in pairs() if sconf.parse_network(p[0])[0] == w.arch],
+        specs=arch_specs,
+        pairs=index_pairs,
         settings=config["similarity"],
     log:
         f"{R}/logs/indices/{{dataset}}/{{arch}}.log",
@@ -64,6 +66,7 @@ rule indices:
     resources:
         mem_mb=8000,
         runtime=60,
+    priority: table1_first
     conda:
         "../envs/stitchlib.yaml"
     script:

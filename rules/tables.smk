@@ -3,8 +3,7 @@
 
 rule similarity_table:
     input:
-        stitching=lambda w: stitching_csvs(w.dataset),
-        indices=lambda w: index_csvs(w.dataset),
+        unpack(similarity_inputs),
     output:
         f"{R}/matrices/{{dataset}}/similarity.csv",
     log:
@@ -13,6 +12,7 @@ rule similarity_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    priority: 10
     conda:
         "../envs/stitchlib.yaml"
     script:
@@ -21,7 +21,7 @@ rule similarity_table:
 
 rule table1:
     input:
-        f"{R}/matrices/{{dataset}}/similarity.csv",
+        matrix,
     output:
         csv=f"{R}/tables/{{dataset}}/table1.csv",
         md=f"{R}/tables/{{dataset}}/table1.md",
@@ -33,6 +33,7 @@ rule table1:
     resources:
         mem_mb=2000,
         runtime=10,
+    priority: 10
     conda:
         "../envs/stitchlib.yaml"
     script:
@@ -52,6 +53,7 @@ rule heatmaps:
     resources:
         mem_mb=2000,
         runtime=10,
+    priority: 10
     conda:
         "../envs/stitchlib.yaml"
     script:

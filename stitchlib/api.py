@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from stitchlib import io, models, similarity, stitching, tasks
+from stitchlib import catalog, config, io, models, similarity, stitching, tasks
 from stitchlib.train import train_network
 
 __all__ = ["network", "activations", "fit_dm", "train_tlm", "evaluate", "compare"]
@@ -151,12 +151,10 @@ def compare(a: Any, b: Any, measures: Sequence[str] = ("lcka", "lcka_debiased", 
     >>> {k: round(v, 6) for k, v in r.items()}
     {'lcka': 1.0, 'pwcca': 1.0, 'opd': 0.0}
     """
-    from stitchlib.config import DEFAULT_RESHAPE
-
-    modes = {m: reshape for m in measures} if isinstance(reshape, str) else {**DEFAULT_RESHAPE, **(reshape or {})}
+    modes = {m: reshape for m in measures} if isinstance(reshape, str) else {**config.DEFAULT_RESHAPE, **(reshape or {})}
     out = {}
     for m in measures:
-        loadings = similarity.MEASURES[m].needs_loadings or None
+        loadings = catalog.MEASURES[m].needs_loadings or None
         sa = similarity.layer_stats(a, name="a", reshape=modes[m], loadings=loadings)
         sb = similarity.layer_stats(b, name="b", reshape=modes[m], loadings=loadings)
         out[m] = float(similarity.pairwise([sa], [sb], [m], **options)[m][0, 0])

@@ -38,6 +38,8 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
+from stitchlib import __version__
+
 
 TMP_SUFFIX = ".tmp"
 
@@ -135,8 +137,6 @@ def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
 def provenance() -> dict[str, str]:
     """Versions and git commit of the code that produced an artifact."""
     import torch
-
-    from stitchlib import __version__
 
     info = {
         "stitchlib": __version__,

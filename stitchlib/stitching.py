@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from stitchlib import tasks
+from stitchlib import catalog, tasks
 from stitchlib.train import make_optimizer, set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class TokensToConv(AffineStitch):
         return super().forward(self.grid_map(h))
 
 
-CONV_STITCHES = ("bilinear", "paper3")
+CONV_STITCHES = tuple(catalog.CONV_STITCHES)  # their descriptions: stitchlib.catalog
 
 
 def make_stitch(src_shape: tuple, tgt_shape: tuple, src_layout: str, tgt_layout: str,
