@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from stitchlib import catalog
 from stitchlib import similarity as sim
 
 __all__ = ["Bootstrap", "METHODS", "resample_counts", "jackknife_counts", "network_counts", "pair_weights",
@@ -541,5 +542,5 @@ def permutation_test(a: sim.Stats, b: sim.Stats, measure: str = "lcka", *, permu
     rng = np.random.default_rng([seed, n])
     obs = value(b)
     null = np.array([value(_permuted(b, rng.permutation(n))) for _ in range(permutations)])
-    more = null >= obs if sim.MEASURES[measure].higher_is_similar else null <= obs
+    more = null >= obs if catalog.MEASURES[measure].higher_is_similar else null <= obs
     return {"value": obs, "p_value": (1 + int(more.sum())) / (1 + permutations), "null": null}
