@@ -101,8 +101,7 @@ def heatmap_specs():
 
 def heatmaps(dataset):
     return [
-        f"{R}/figures/{dataset}/{setting}/{arch}/{catalog.measure(m).slug}.png"
-        for m, arch, setting in heatmap_specs()
+        f"{R}/figures/{dataset}/{setting}/{arch}/{catalog.measure(m).slug}.png" for m, arch, setting in heatmap_specs()
     ]
 
 
@@ -284,9 +283,7 @@ def specificity_inputs(w):
 def ding_table_inputs(w):
     return {
         "sensitivity": [f"{R}/ding/{w.dataset}/sensitivity/{net}.csv" for net in sconf.networks(config)],
-        "specificity": [
-            f"{R}/ding/{w.dataset}/specificity/{arch}.csv" for arch in sconf.matrix_architectures(config)
-        ],
+        "specificity": [f"{R}/ding/{w.dataset}/specificity/{arch}.csv" for arch in sconf.matrix_architectures(config)],
     }
 
 
@@ -343,9 +340,7 @@ def cross_targets(dataset):
 
 
 def cross_report_inputs(w):
-    return {
-        m: [cross_pair_file(w.dataset, c, m, s, t, "csv") for _, c, s, t in CROSS_JOBS] for m in ("dm", "tlm")
-    }
+    return {m: [cross_pair_file(w.dataset, c, m, s, t, "csv") for _, c, s, t in CROSS_JOBS] for m in ("dm", "tlm")}
 
 
 def cross_specs(w):

@@ -12,18 +12,18 @@ rule probes:
         unpack(net_acts),
     output:
         f"{R}/ding/{{dataset}}/probes/{{net}}.csv",
-    params:
-        spec=net_spec,
-        settings=config["ding"],
-        device=DEVICE,
     log:
         f"{R}/logs/probes/{{dataset}}/{{net}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=config["ding"],
+        device=DEVICE,
     script:
         "../workflow_scripts/ding.py"
 
@@ -33,6 +33,14 @@ rule sensitivity:
         unpack(net_acts_and_ckpt),
     output:
         f"{R}/ding/{{dataset}}/sensitivity/{{net}}.csv",
+    log:
+        f"{R}/logs/sensitivity/{{dataset}}/{{net}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         spec=net_spec,
         layers=sensitivity_layers,
@@ -40,14 +48,6 @@ rule sensitivity:
         dm=config["dm"],
         similarity=config["similarity"],
         device=DEVICE,
-    log:
-        f"{R}/logs/sensitivity/{{dataset}}/{{net}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/ding.py"
 
@@ -57,20 +57,20 @@ rule specificity:
         unpack(specificity_inputs),
     output:
         f"{R}/ding/{{dataset}}/specificity/{{arch}}.csv",
+    log:
+        f"{R}/logs/specificity/{{dataset}}/{{arch}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         specs=arch_specs,
         settings=config["ding"],
         dm=config["dm"],
         similarity=config["similarity"],
         device=DEVICE,
-    log:
-        f"{R}/logs/specificity/{{dataset}}/{{arch}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/ding.py"
 
@@ -83,15 +83,15 @@ rule ding_tables:
         table2_md=f"{R}/tables/{{dataset}}/table2.md",
         table3_csv=f"{R}/tables/{{dataset}}/table3.csv",
         table3_md=f"{R}/tables/{{dataset}}/table3.md",
-    params:
-        alpha=config["ding"]["alpha"],
     log:
         f"{R}/logs/ding_tables/{{dataset}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        alpha=config["ding"]["alpha"],
     script:
         "../workflow_scripts/ding.py"

@@ -7,49 +7,49 @@ rule frankenstein_run:
         unpack(pair_inputs),
     output:
         csv=f"{R}/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.csv",
+    log:
+        f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
     wildcard_constraints:
         experiment="|".join(sorted(FRANK_CSV)),
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=frank_experiment_settings,
         device=DEVICE,
-    log:
-        f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/frankenstein.py"
 
 
 use rule frankenstein_run as frankenstein_inits with:
-    params:
-        src=src_spec,
-        tgt=tgt_spec,
-        settings=frank_settings("inits"),
-        device=DEVICE,
     output:
         csv=f"{R}/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.csv",
         mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.log",
-
-
-use rule frankenstein_run as frankenstein_sparsity with:
     params:
         src=src_spec,
         tgt=tgt_spec,
-        settings=frank_settings("sparsity"),
+        settings=frank_settings("inits"),
         device=DEVICE,
+
+
+use rule frankenstein_run as frankenstein_sparsity with:
     output:
         csv=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.csv",
         matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.log",
+    params:
+        src=src_spec,
+        tgt=tgt_spec,
+        settings=frank_settings("sparsity"),
+        device=DEVICE,
 
 
 rule frankenstein_figures:
@@ -59,16 +59,16 @@ rule frankenstein_figures:
         figures=[f"{R}/figures/{{dataset}}/frankenstein/{name}.png" for name in frank_figure_names()],
         csv=f"{R}/tables/{{dataset}}/frankenstein/summary.csv",
         md=f"{R}/tables/{{dataset}}/frankenstein/summary.md",
-    params:
-        settings=FRANK,
-        names=frank_figure_names(),
     log:
         f"{R}/logs/frankenstein/{{dataset}}/figures.log",
+    conda:
+        "../envs/stitchlib.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        settings=FRANK,
+        names=frank_figure_names(),
     script:
         "../workflow_scripts/frankenstein_figures.py"
 

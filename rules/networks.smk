@@ -8,19 +8,19 @@ rule train:
     output:
         ckpt=f"{R}/models/{{dataset}}/{{net}}.pt",
         metrics=f"{R}/models/{{dataset}}/{{net}}.json",
-    params:
-        spec=net_spec,
-        settings=train_settings,
-        device=DEVICE,
     log:
         f"{R}/logs/train/{{dataset}}/{{net}}.log",
+    priority: table1_first
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=4000,
         runtime=120,
-    priority: table1_first
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=train_settings,
+        device=DEVICE,
     script:
         "../workflow_scripts/train.py"
 
@@ -31,18 +31,18 @@ rule extract:
     output:
         train=f"{R}/activations/{{dataset}}/{{net}}/train.h5",
         test=f"{R}/activations/{{dataset}}/{{net}}/test.h5",
-    params:
-        spec=net_spec,
-        settings=config["extract"],
-        device=DEVICE,
     log:
         f"{R}/logs/extract/{{dataset}}/{{net}}.log",
+    priority: table1_first
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,
-    priority: table1_first
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=config["extract"],
+        device=DEVICE,
     script:
         "../workflow_scripts/extract.py"

@@ -9,19 +9,19 @@ rule outliers:
     output:
         outliers=f"{R}/activations/{{dataset}}/{{net}}/outliers.h5",
         heldout=f"{R}/activations/{{dataset}}/{{net}}/heldout.h5",
+    log:
+        f"{R}/logs/outliers/{{dataset}}/{{net}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         spec=net_spec,
         settings=config["extract"],
         outliers=config["ood"]["outliers"],
         device=DEVICE,
-    log:
-        f"{R}/logs/outliers/{{dataset}}/{{net}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/extract.py"
 
@@ -32,18 +32,18 @@ rule detector:
     output:
         pt=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.pt",
         json=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.json",
-    params:
-        spec=net_spec,
-        settings=DETECTOR_SETTINGS,
-        device=DEVICE,
     log:
         f"{R}/logs/detector/{{dataset}}/{{net}}/{{layer}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=4000,
         runtime=240,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=DETECTOR_SETTINGS,
+        device=DEVICE,
     script:
         "../workflow_scripts/detector.py"
 
@@ -54,19 +54,19 @@ rule ood_scores:
     output:
         csv=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.csv" for m in METHODS],
         npz=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.npz" for m in METHODS],
+    log:
+        f"{R}/logs/ood_scores/{{dataset}}/{{src}}__{{tgt}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         src=src_spec,
         tgt=tgt_spec,
         methods=METHODS,
         device=DEVICE,
-    log:
-        f"{R}/logs/ood_scores/{{dataset}}/{{src}}__{{tgt}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/ood_scores.py"
 
@@ -77,15 +77,15 @@ rule ood_figures:
     output:
         table=f"{R}/matrices/{{dataset}}/ood.csv",
         figures=directory(f"{R}/figures/{{dataset}}/ood"),
-    params:
-        energy_plots=energy_plots_of,
     log:
         f"{R}/logs/ood_figures/{{dataset}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        energy_plots=energy_plots_of,
     script:
         "../workflow_scripts/ood_figures.py"

@@ -9,15 +9,15 @@ rule report:
         report_inputs,
     output:
         REPORT,
-    params:
-        config=config,
     log:
         f"{R}/logs/report.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        config=config,
     script:
         "../workflow_scripts/report.py"

@@ -8,20 +8,20 @@ rule dm:
     output:
         stitches=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.pt",
         csv=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.csv",
+    log:
+        f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
+    priority: table1_first
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=60,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=config["dm"],
         device=DEVICE,
-    log:
-        f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    priority: table1_first
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/stitch.py"
 
@@ -33,20 +33,20 @@ rule tlm:
     output:
         stitches=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.pt",
         csv=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.csv",
+    log:
+        f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",
+    priority: table1_first
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=240,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=config["tlm"],
         device=DEVICE,
-    log:
-        f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=240,
-    priority: table1_first
-    conda:
-        "../envs/stitchlib.yaml"
     script:
         "../workflow_scripts/stitch.py"
 
@@ -56,18 +56,18 @@ rule indices:
         unpack(index_inputs),
     output:
         f"{R}/similarity/{{dataset}}/{{arch}}.csv",
-    params:
-        specs=arch_specs,
-        pairs=index_pairs,
-        settings=config["similarity"],
     log:
         f"{R}/logs/indices/{{dataset}}/{{arch}}.log",
+    priority: table1_first
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=8000,
         runtime=60,
-    priority: table1_first
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        specs=arch_specs,
+        pairs=index_pairs,
+        settings=config["similarity"],
     script:
         "../workflow_scripts/indices.py"

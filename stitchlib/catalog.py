@@ -6,9 +6,9 @@ so it must stay cheap (no torch, no filesystem scans beyond a few ``stat`` calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)

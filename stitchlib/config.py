@@ -385,15 +385,17 @@ def _check_frankenstein(cfg: dict[str, Any]) -> None:
     archs = cfg["architectures"]
     named = [(f"frankenstein.architectures[{i}]", a) for i, a in enumerate(f["architectures"])]
     named += [(f"frankenstein.widths.{a}", a) for a in f["widths"]]
-    named += [(f"frankenstein.{k}", v) for k, v in (("network", f["network"]),
-                                                     ("cka_penalty.architecture", f["cka_penalty"]["architecture"])) if v]
+    named += [(f"frankenstein.{k}", v) for k, v in (("network", f["network"]), ("cka_penalty.architecture",
+                                                                                f["cka_penalty"]["architecture"])) if v]
     for where, arch in named:
         if arch not in archs:
             raise ConfigError(f"{where}: {arch!r} is not under architectures; known: {sorted(archs)}")
     if not (f["network"] or f["architectures"]):
-        raise ConfigError("frankenstein.network: name the network of Figs. 4 and 6–8 (or list frankenstein.architectures)")
+        raise ConfigError("frankenstein.network: name the network of Figs. 4 and 6–8 (or list "
+                          "frankenstein.architectures)")
     r = frankenstein_settings(cfg)
-    checks = [("track.layer", r["network"], [r["track"]["layer"]]), ("inits.layer", r["network"], [r["inits"]["layer"]]),
+    checks = [("track.layer", r["network"], [r["track"]["layer"]]),
+              ("inits.layer", r["network"], [r["inits"]["layer"]]),
               ("sparsity.layer", r["network"], [r["sparsity"]["layer"]]),
               ("lowrank.layers", r["network"], r["lowrank"]["layers"]),
               ("cka_penalty.layer", r["cka_penalty"]["architecture"], [r["cka_penalty"]["layer"]])]

@@ -130,7 +130,8 @@ def summary_markdown(t: pd.DataFrame) -> str:
             "|---|---|---|---|---|---|---|\n")
     fmt = lambda r, k: "–" if np.isnan(r[k]) else f"{r[k]:.3f} ({r['n_' + k]})"  # noqa: E731
     return head + "".join(f"| {r['grid']} | {r['condition']} | {r['method']} | {fmt(r, 'later')} | "
-                          f"{fmt(r, 'earlier')} | {fmt(r, 'equal')} | {r['network_pairs']} |\n" for _, r in t.iterrows())
+                          f"{fmt(r, 'earlier')} | {fmt(r, 'equal')} | {r['network_pairs']} |\n"
+                          for _, r in t.iterrows())
 
 
 def depth_matrix(df: pd.DataFrame, bins: int = 8) -> pd.DataFrame:

@@ -33,7 +33,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,7 +82,7 @@ class LowRank:
         return len(self.mean)
 
     @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> "LowRank":
+    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> LowRank:
         acc = None  # the least-squares accumulator with no targets: n, Σx, XᵀX
         for h in chunks:
             r = rows(np.asarray(h), layout)

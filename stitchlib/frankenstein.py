@@ -23,19 +23,19 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from itertools import combinations
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from stitchlib import io, plotting, tasks
-from stitchlib.progress import Progress
 from stitchlib import similarity as sim
-from stitchlib.pipeline import (layer_shapes, new_stitch, stitched, check_activations, dm_sample_index,
-                                load_network)
-from stitchlib.stitching import (AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm)
+from stitchlib.pipeline import check_activations, dm_sample_index, layer_shapes, load_network, new_stitch, stitched
+from stitchlib.progress import Progress
+from stitchlib.stitching import AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm
 from stitchlib.train import pick_device
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def layer_matching(pair: Pair, settings: dict[str, Any]) -> pd.DataFrame:
         pair.tlm({0: ls}, layer, tlm, seed=tlm["seed"])
         out.append(_row(pair, layer, method="tlm", **pair.score(ls, layer), **pair.indices(ls, layer)))
         log.info(meter.line(f"{layer}: LS {out[-3]['relative_accuracy']:.3f}, Procrustes "
-                            f"{out[-2]['relative_accuracy']:.3f}, TLM {out[-1]['relative_accuracy']:.3f} relative accuracy"))
+                            f"{out[-2]['relative_accuracy']:.3f}, TLM {out[-1]['relative_accuracy']:.3f} "
+                            "relative accuracy"))
     return pd.DataFrame(out)
 
 
@@ -184,7 +185,8 @@ def initialisations(pair: Pair, settings: dict[str, Any]) -> tuple[pd.DataFrame,
             log.info(meter.line(f"{kind} init {run}: relative accuracy {rows_[-1]['relative_accuracy']:.3f}"))
     inits = pd.DataFrame(rows_)
     m = settings["mode_connectivity"]
-    good = [r.run for r in inits.itertuples() if r.init == "random" and r.relative_accuracy >= m["min_relative_accuracy"]]
+    good = [r.run for r in inits.itertuples()
+            if r.init == "random" and r.relative_accuracy >= m["min_relative_accuracy"]]
     mode = []
     for a, b in combinations(good, 2):
         s1, s2 = stitches["random", a], stitches["random", b]
@@ -325,7 +327,8 @@ def _fig_width(df: pd.DataFrame, widths: dict[str, float], path: str, plt) -> No
     for ax, name in zip(axes.flat, names):
         g = df[df.layer == name]
         plotting.band(ax, "width", g[g.method == "tlm"], "relative_accuracy", "task loss", marker="^")
-        plotting.band(ax, "width", g[g.method == "ls"], "relative_accuracy", "least squares", marker="o", linestyle="--")
+        plotting.band(ax, "width", g[g.method == "ls"], "relative_accuracy", "least squares", marker="o",
+                      linestyle="--")
         ax.set_title(name, fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(widths.values()), [f"×{w:g}" for w in sorted(widths.values())], fontsize=7)
@@ -424,7 +427,7 @@ def _fig_sparsity(df: pd.DataFrame, mats: dict[str, np.ndarray], path: str, plt)
 def _fig_mode(df: pd.DataFrame, n_good: int, threshold: float, path: str, plt) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     if len(df):
-        for (a, b), g in df.groupby(["run_1", "run_2"]):
+        for _, g in df.groupby(["run_1", "run_2"]):
             ax.plot(g.lam, g.relative_accuracy, color="C0", alpha=0.5, linewidth=1)
         mean = df.groupby("lam").relative_accuracy.mean()
         ax.plot(mean.index, mean.values, color="black", linewidth=2, label="mean over pairs")
@@ -515,7 +518,8 @@ def figures(inputs: dict[str, list[str]], settings: dict[str, Any], figure_paths
                   f"Fig. 4: TLM from the LS init, {settings['network']} {settings['track']['layer']}")
     c = settings["cka_penalty"]
     _fig_tracking(results["cka_penalty"], figure_paths["fig5_cka_penalty"], plt,
-                  f"Fig. 5: self-stitch {c['architecture']} {c['layer']} from the identity, loss + λ·CKA", hue="penalty")
+                  f"Fig. 5: self-stitch {c['architecture']} {c['layer']} from the identity, loss + λ·CKA",
+                  hue="penalty")
     _fig_inits(results["inits"], figure_paths["fig6_inits"], plt)
     _fig_low_rank(results["lowrank"], figure_paths["fig7_low_rank"], plt)
     with np.load(inputs["matrices"][0]) as z:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -65,6 +66,13 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
     return obj
 
 
+def _record(store: dict | list, i: int) -> Callable:
+    """A forward hook that records point i's output: the first one into a dict, every call into a list."""
+    if isinstance(store, list):
+        return lambda module, args, out: store.append((i, out))
+    return lambda module, args, out: store.setdefault(i, out)
+
+
 class HookedNetwork(Stitchable):
     """``model`` cut at the modules ``points`` (module paths), called ``names`` (default: the paths);
     ``input_shape`` = (C, H, W) of one input. The state dict is the model's under the prefix ``model.``.
@@ -81,7 +89,7 @@ class HookedNetwork(Stitchable):
 
     @classmethod
     def build(cls, factory: str, kwargs: dict[str, Any], points: list[str], input_shape: tuple[int, ...],
-              num_classes: int | None = None, names: list[str] | None = None) -> "HookedNetwork":
+              num_classes: int | None = None, names: list[str] | None = None) -> HookedNetwork:
         model = resolve_factory(factory)(**kwargs)
         if not isinstance(model, nn.Module):
             raise ValueError(f"params.factory: {factory}(**kwargs) returned a {type(model).__name__}, not a "
@@ -141,8 +149,7 @@ class HookedNetwork(Stitchable):
 
         hooks = {i: replace}
         if seen is not None:
-            hooks.update({j: (lambda j: lambda m, a, out: seen.setdefault(j, out))(j)
-                          for j in range(i + 1, len(self.layer_names))})
+            hooks.update({j: _record(seen, j) for j in range(i + 1, len(self.layer_names))})
         with self._hooks(hooks):
             try:
                 torch.set_grad_enabled(False)
@@ -155,7 +162,7 @@ class HookedNetwork(Stitchable):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         outs: dict[int, torch.Tensor] = {}
-        hooks = {i: (lambda i: lambda m, a, out: outs.setdefault(i, out))(i) for i in range(len(self.layer_names))}
+        hooks = {i: _record(outs, i) for i in range(len(self.layer_names))}
         with self._hooks(hooks):
             logits = self.model(x)
         return logits, [outs[i] for i in range(len(self.layer_names))]
@@ -171,7 +178,7 @@ class HookedNetwork(Stitchable):
         self.eval()
         try:
             calls: list[tuple[int, Any]] = []
-            hooks = {i: (lambda i: lambda m, a, out: calls.append((i, out)))(i) for i in range(len(self.layer_names))}
+            hooks = {i: _record(calls, i) for i in range(len(self.layer_names))}
             with self._hooks(hooks):
                 logits = self.model(x)
             if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and len(logits) == len(x)):

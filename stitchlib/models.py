@@ -13,7 +13,7 @@ block input is a stitch point; front/back then cut after ``blocks_before(i)`` bl
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from stitchlib import catalog, hooked
 from stitchlib.stitchable import Stitchable
-
 
 # ----------------------------------------------------------------------------- CIFAR ResNets
 

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stitchlib import config as sconf
 from stitchlib import catalog, data, hooked, io, models, ood, tasks
 from stitchlib import similarity as sim
 from stitchlib.progress import Progress
@@ -100,7 +99,8 @@ def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: st
     train_ds, test_ds = load_split(spec, "train"), load_split(spec, "test")
     start = time.time()
     if spec["family"] == "custom":
-        where, path = f"architectures.{spec['arch']}.params", catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
+        where = f"architectures.{spec['arch']}.params"
+        path = catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
         hooked.load_weights(net, path, where)
         net.to(dev).eval()
         try:

@@ -12,14 +12,13 @@ similar is the smallest.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
 from stitchlib import catalog, io
-
 
 KEYS = ["setting", "source", "target", "source_arch", "target_arch", "source_layer", "target_layer",
         "source_index", "target_index"]

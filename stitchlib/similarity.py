@@ -588,8 +588,8 @@ def pairwise(stats_a: Sequence[Stats], stats_b: Sequence[Stats],
 def similarity(measure: str, A: Any, B: Any, *, reshape: Reshape = "flatten", **options: Any) -> float:
     """One measure for one pair; A, B are activations (arrays/tensors) or precomputed stats."""
     (m,) = _measures([measure])
-    a = A if isinstance(A, (LayerStats, Paper1Stats)) else layer_stats(A, name="A", reshape=reshape,
-                                                                        loadings=catalog.MEASURES[m].needs_loadings or None)
+    loadings = catalog.MEASURES[m].needs_loadings or None
+    a = A if isinstance(A, (LayerStats, Paper1Stats)) else layer_stats(A, name="A", reshape=reshape, loadings=loadings)
     b = B if isinstance(B, (LayerStats, Paper1Stats)) else layer_stats(B, name="B", reshape=reshape)
     return float(pairwise([a], [b], [measure], **options)[measure][0, 0])
 

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from stitchlib import data, hooked, models, pipeline
-from stitchlib import config as sconf
-from stitchlib.train import train_network
 from test_workflow import smk
+
+from stitchlib import config as sconf
+from stitchlib import data, hooked, models, pipeline
+from stitchlib.train import train_network
 
 VIT = "torchvision.models.vision_transformer.VisionTransformer"
 VIT_KW = dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from stitchlib import html_report, plotting, report
+from stitchlib import html_report, plotting
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

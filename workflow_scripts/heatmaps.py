@@ -10,8 +10,9 @@ def job(sm):
         if dataset not in tables:
             tables[dataset] = pd.read_csv(next(p for p in sm.input if f"/{dataset}/" in p))
         m = report.mean_matrix(tables[dataset], measure, arch, setting)
-        plotting.heatmap(m, path, f"{measure} ({catalog.measure(measure).quantity}), {arch}, {setting}-network, {dataset}",
-                       catalog.measure(measure).higher_is_similar)
+        x = catalog.measure(measure)
+        plotting.heatmap(m, path, f"{measure} ({x.quantity}), {arch}, {setting}-network, {dataset}",
+                         x.higher_is_similar)
 
 
 run(snakemake, job)
