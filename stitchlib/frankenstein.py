@@ -281,9 +281,7 @@ def run(experiment: str, src_spec: dict, tgt_spec: dict, inputs: dict[str, str],
     elif experiment == "sparsity":
         df, mats = sparsity(pair, settings)
         io.write_csv(df, outputs["csv"])
-        with io.atomic_path(outputs["matrices"]) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **mats)
+        io.write_npz(outputs["matrices"], mats)
     log.info("%s %s → %s in %.1f s", experiment, src_spec["net"], tgt_spec["net"], time.time() - start)
 
 

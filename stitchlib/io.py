@@ -112,6 +112,13 @@ def write_csv(df, path: str | os.PathLike) -> None:
         df.to_csv(tmp, index=False, float_format="%.10g")
 
 
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write named numpy arrays as an (uncompressed) .npz atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, (np.integer, np.floating)):
         return x.item()

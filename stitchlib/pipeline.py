@@ -194,23 +194,34 @@ def _pair_row(src: dict, tgt: dict, si: int, sl: str, ti: int, tl: str) -> dict[
 
 
 def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
-                  tgt_test: str, method: str) -> pd.DataFrame:
-    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance."""
+                  tgt_test: str, method: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance; and the per-image
+    terms of those numbers for the bootstrap over test images (:data:`PER_IMAGE`): 'correct', 'err', 'norm'
+    (rows × images, in the rows' order) and 'receiver' (the receiver's own correctness per image)."""
     labels = torch.as_tensor(io.read_array(tgt_test, "labels"))
     task = tasks.for_dataset(tgt_spec["dataset"])
-    receiver_acc = task.accuracy(io.read_array(tgt_test, "logits"), labels)
+    logits = torch.as_tensor(io.read_array(tgt_test, "logits"))
+    own = task.correct_each(logits, labels).double().numpy()
+    receiver_acc = float(own.sum()) / len(own)
     dev = next(receiver.parameters()).device
     targets = {tl: torch.as_tensor(io.read_layer(tgt_test, tl)) for tl in tgt_spec["layers"]}
-    out = []
+    out, each = [], {k: [] for k in PER_IMAGE[:3]}
     for si, sl in enumerate(src_spec["layers"]):
         src = torch.as_tensor(io.read_layer(src_test, sl))
         for ti, tl in enumerate(tgt_spec["layers"]):
             st = stitches[_stitch_key(sl, tl)].to(dev)
-            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task)
+            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task, per_image=True)
             out.append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                         "accuracy": r["accuracy"], "receiver_accuracy": receiver_acc,
                         "relative_accuracy": r["accuracy"] / receiver_acc, "struct": r["struct"]})
-    return pd.DataFrame(out)
+            for k in each:
+                each[k].append(r["per_image"][k])
+    return pd.DataFrame(out), {**{k: np.stack(v).astype(np.float32) for k, v in each.items()},
+                               "receiver": own.astype(np.float32)}
+
+
+# Per-image arrays next to each stitching CSV (<pair>.npz): what stitchlib.uncertainty resamples.
+PER_IMAGE = ("correct", "err", "norm", "receiver")
 
 
 def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
@@ -233,8 +244,9 @@ def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str,
 
 
 def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-            out_csv: str, device: str = "auto", conv_stitch: str = "bilinear") -> None:
-    """Fit and evaluate DM stitches for every layer pair of one (source, target) network pair."""
+            out_csv: str, device: str = "auto", conv_stitch: str = "bilinear", out_npz: str | None = None) -> None:
+    """Fit and evaluate DM stitches for every layer pair of one (source, target) network pair; the per-image
+    terms go to ``out_npz`` (default: the CSV's path with .npz)."""
     dev = pick_device(device)
     check_activations(src_spec, inputs["src_train"], inputs["src_test"])
     check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
@@ -243,14 +255,16 @@ def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: di
                            conv_stitch=conv_stitch)
     log.info("fitted %d DM stitches in %.1f s", len(stitches), time.time() - start)
     receiver = models.fold_batchnorm(load_network(tgt_spec, inputs["tgt_ckpt"], dev))  # frozen: BN folded
-    df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm")
+    df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm")
     _save_stitches(out_pt, stitches)
+    io.write_npz(out_npz or Path(out_csv).with_suffix(".npz"), images)
     io.write_csv(df, out_csv)
 
 
 def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-             out_csv: str, device: str = "auto", conv_stitch: str = "bilinear") -> None:
-    """Train TLM stitches (initialised from DM) on cached source activations, then evaluate them.
+             out_csv: str, device: str = "auto", conv_stitch: str = "bilinear", out_npz: str | None = None) -> None:
+    """Train TLM stitches (initialised from DM) on cached source activations, then evaluate them (per-image
+    terms to ``out_npz``, as in :func:`dm_pair`).
 
     The frozen front half f≤i never runs: its outputs on the training split are read from the
     activation cache. Stitches that share a receiving layer train together in groups of
@@ -280,8 +294,9 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
                       task=tasks.for_dataset(tgt_spec["dataset"]))
             log.info(meter.line(", ".join(batch), n=len(batch)))
     log.info("trained %d TLM stitches in %.1f s", len(stitches), time.time() - start)
-    df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "tlm")
+    df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "tlm")
     _save_stitches(out_pt, stitches)
+    io.write_npz(out_npz or Path(out_csv).with_suffix(".npz"), images)
     io.write_csv(df, out_csv)
 
 
@@ -403,6 +418,4 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
                                      **ood.ood_metrics(e_in, e)})
     for method, (out_csv, out_npz) in outputs.items():
         io.write_csv(pd.DataFrame(rows[method]), out_csv)
-        with io.atomic_path(out_npz) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **energies[method])
+        io.write_npz(out_npz, energies[method])

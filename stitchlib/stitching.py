@@ -331,27 +331,35 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
 @torch.no_grad()
 def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, target: torch.Tensor,
              labels: torch.Tensor, batch_size: int = 256, reference_logits: torch.Tensor | None = None,
-             task: str | tasks.Task = tasks.MULTICLASS) -> dict[str, float]:
+             task: str | tasks.Task = tasks.MULTICLASS, per_image: bool = False) -> dict[str, Any]:
     """Stitched accuracy of g>j ∘ T on ``source`` activations (``task``'s: top-1, or the mean attribute
     accuracy of a multi-label task), and DM(struct) = ‖T(src) − tgt‖²/‖tgt‖² over the whole set (float64
     sums). With ``reference_logits`` (the receiver's own outputs) also the cross-entropy of the stitched
     outputs to the receiver's (−Σ softmax(reference)·log softmax(stitched) for classes), averaged over samples
-    (paper 2, Fig. 2)."""
+    (paper 2, Fig. 2). ``per_image``: also the per-image terms of those sums under 'per_image' — 'correct'
+    (each image's accuracy), 'err' (‖T(a_i) − b_i‖²), 'norm' (‖b_i‖²), float64 numpy (n,) — from which
+    ``stitchlib.uncertainty`` resamples test images."""
     dev, task = stitch.bias.device, tasks.get(task)
-    correct, err, norm, xent = 0.0, 0.0, 0.0, 0.0
+    parts: dict[str, list[torch.Tensor]] = {"correct": [], "err": [], "norm": []}
+    xent = 0.0
     for i in range(0, len(labels), batch_size):
         s = stitch(source[i:i + batch_size].to(dev))
         t = target[i:i + batch_size].to(dev)
         logits = receiver.back(s, layer)
-        correct += float(task.correct(logits, labels[i:i + batch_size].to(dev)))
-        err += (s.double() - t.double()).pow(2).sum().item()
-        norm += t.double().pow(2).sum().item()
+        parts["correct"].append(task.correct_each(logits, labels[i:i + batch_size].to(dev)).double().cpu())
+        parts["err"].append((s.double() - t.double()).pow(2).flatten(1).sum(1).cpu())
+        parts["norm"].append(t.double().pow(2).flatten(1).sum(1).cpu())
         if reference_logits is not None:
             xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + batch_size].to(dev).double(),
                                             reduction="sum").item()
-    out = {"accuracy": correct / len(labels), "struct": err / norm if norm > 0 else float("nan")}
+    each = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    err, norm = float(each["err"].sum()), float(each["norm"].sum())
+    out: dict[str, Any] = {"accuracy": float(each["correct"].sum()) / len(labels),
+                           "struct": err / norm if norm > 0 else float("nan")}
     if reference_logits is not None:
         out["cross_entropy"] = xent / len(labels)
+    if per_image:
+        out["per_image"] = each
     return out
 
 

@@ -11,9 +11,9 @@ multilabel     {0, 1} attribute vector (N, A)      binary cross-entropy with log
 Every function takes logits of shape (..., C) and the matching targets (``(...)`` class indices, or
 ``(..., A)`` attribute vectors with A = C; teacher / reference logits of the same shape or broadcastable),
 so a stack of stitches' outputs (K, N, C) against targets expanded to (K, N[, A]) works as well as a plain
-batch. ``loss(..., reduction='none')`` returns one loss per sample (shape ``(...)``); ``correct`` returns the
-*sum* over the samples of their accuracy, so that accuracy = Σ correct / number of samples over any
-batching. ``soft_loss`` is the distillation loss to a teacher's outputs at temperature T (KL · T²; 0 when
+batch. ``loss(..., reduction='none')`` returns one loss per sample (shape ``(...)``); ``correct_each`` returns
+each sample's accuracy (shape ``(...)``; what a bootstrap over test images resamples) and ``correct`` their
+*sum*, so that accuracy = Σ correct / number of samples over any batching. ``soft_loss`` is the distillation loss to a teacher's outputs at temperature T (KL · T²; 0 when
 the logits equal the teacher's), ``soft_cross_entropy`` the cross-entropy to a reference network's output
 distribution (paper 2's Fig. 2). ``accuracy`` takes numpy arrays too (cached logits and labels). A
 dataset's task is ``catalog.DatasetFacts.task``: :func:`for_dataset`.
@@ -75,9 +75,9 @@ def _mc_soft_xent(logits, reference, reduction="mean"):
     return _reduce(xe.reshape(-1), logits.shape[:-1], reduction)
 
 
-def _mc_correct(logits, targets):
+def _mc_correct_each(logits, targets):
     x, y = _flat(logits, targets, False)
-    return float((x.argmax(-1) == y.to(x.device).long()).sum().item())
+    return (x.argmax(-1) == y.to(x.device).long()).float().view(logits.shape[:-1])
 
 
 # ----------------------------------------------------------------------------- multilabel
@@ -104,9 +104,9 @@ def _ml_soft_xent(logits, reference, reduction="mean"):
     return _reduce(xe.reshape(-1), logits.shape[:-1], reduction)
 
 
-def _ml_correct(logits, targets):
+def _ml_correct_each(logits, targets):
     x, y = _flat(logits, targets, True)
-    return float(((x > 0) == (y.to(x.device) > 0.5)).float().mean(-1).sum().item())
+    return ((x > 0) == (y.to(x.device) > 0.5)).float().mean(-1).view(logits.shape[:-1])
 
 
 # ----------------------------------------------------------------------------- registry
@@ -119,8 +119,12 @@ class Task:
     loss: Callable[..., torch.Tensor]       # (logits, targets, reduction='mean') -> loss
     soft_loss: Callable[..., torch.Tensor]  # (logits, teacher_logits, temperature=1.0, reduction='mean'): KD loss
     soft_cross_entropy: Callable[..., torch.Tensor]  # (logits, reference_logits, reduction='mean')
-    correct: Callable[..., float]           # (logits, targets) -> Σ over samples of per-sample accuracy
+    correct_each: Callable[..., torch.Tensor]  # (logits, targets) -> per-sample accuracy, shape (...)
     target_dtype: torch.dtype               # what the loaders produce (long class indices / float attributes)
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """Σ over the samples of their accuracy."""
+        return float(self.correct_each(logits, targets).sum().item())
 
     @property
     def multilabel(self) -> bool:
@@ -134,8 +138,8 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    MULTICLASS: Task(MULTICLASS, _mc_loss, _mc_soft_loss, _mc_soft_xent, _mc_correct, torch.long),
-    MULTILABEL: Task(MULTILABEL, _ml_loss, _ml_soft_loss, _ml_soft_xent, _ml_correct, torch.float32),
+    MULTICLASS: Task(MULTICLASS, _mc_loss, _mc_soft_loss, _mc_soft_xent, _mc_correct_each, torch.long),
+    MULTILABEL: Task(MULTILABEL, _ml_loss, _ml_soft_loss, _ml_soft_xent, _ml_correct_each, torch.float32),
 }
 
 
