@@ -106,7 +106,7 @@ def heatmaps(dataset):
 
 
 def table1(dataset):
-    return [f"{R}/tables/{dataset}/table1.csv", f"{R}/tables/{dataset}/table1.md"]
+    return [f"{R}/tables/{dataset}/table1.{ext}" for ext in ("csv", "md")] + [f"{R}/tables/{dataset}/table1_layers.csv"]
 
 
 def detectors(dataset, net, ext="pt"):
@@ -218,11 +218,26 @@ def index_pairs(w):
 
 
 def similarity_inputs(w):
-    return {"stitching": stitching_csvs(w.dataset), "indices": index_csvs(w.dataset)}
+    """The stitching and index CSVs, and beside each its NPZ (per-image terms / bootstrap replicates)."""
+    csvs = {"stitching": stitching_csvs(w.dataset), "indices": index_csvs(w.dataset)}
+    return {**csvs, **{f"{k}_npz": [p[: -len("csv")] + "npz" for p in v] for k, v in csvs.items()}}
 
 
 def matrix(w):
     return f"{R}/matrices/{w.dataset}/similarity.csv"
+
+
+def matrix_replicates(w):
+    return f"{R}/matrices/{w.dataset}/similarity.npz"
+
+
+def heatmap_inputs(w):
+    """Every dataset's long table and its replicates (one job draws every heatmap)."""
+    return {
+        f"{d}{suffix}": f"{R}/matrices/{d}/similarity.{ext}"
+        for d in config["datasets"]
+        for suffix, ext in (("", "csv"), ("_replicates", "npz"))
+    }
 
 
 # OOD detectors
@@ -340,7 +355,11 @@ def cross_targets(dataset):
 
 
 def cross_report_inputs(w):
-    return {m: [cross_pair_file(w.dataset, c, m, s, t, "csv") for _, c, s, t in CROSS_JOBS] for m in ("dm", "tlm")}
+    return {
+        f"{m}{suffix}": [cross_pair_file(w.dataset, c, m, s, t, ext) for _, c, s, t in CROSS_JOBS]
+        for m in ("dm", "tlm")
+        for suffix, ext in (("", "csv"), ("_npz", "npz"))
+    }
 
 
 def cross_specs(w):
@@ -378,14 +397,16 @@ def frank_file(dataset, experiment, src, tgt, ext="csv"):
 @cache
 def frank_runs():
     """(experiment, Model 1, Model 2) of every job: Figs. 2–3 on every pair of every architecture, Fig. 4 on every
-    pair of `network`, Figs. 6–8 on its first pair, Fig. 5 on the first network of its architecture stitched
-    into itself."""
+    pair of `network`, Fig. 6 on its first pair, Figs. 7–8 on its first or every pair (`curves`), Fig. 5 on the
+    first network of its architecture stitched into itself."""
     if not config["frankenstein"]["enabled"]:
         return []
     archs = dict.fromkeys([*FRANK["architectures"], *FRANK["widths"]])
     runs = [("layers", s, t) for a in archs for s, t in sconf.frankenstein_pairs(config, a)]
     pairs = sconf.frankenstein_pairs(config, FRANK["network"])
-    runs += [("track", s, t) for s, t in pairs] + [(e, *pairs[0]) for e in ("inits", "lowrank", "sparsity")]
+    curves = pairs if FRANK["curves"] == "every_pair" else pairs[:1]
+    runs += [("track", s, t) for s, t in pairs] + [("inits", *pairs[0])]
+    runs += [(e, s, t) for e in ("lowrank", "sparsity") for s, t in curves]
     me = sconf.network_id(FRANK["cka_penalty"]["architecture"], config["frankenstein"]["seeds"][0])
     return runs + [("cka_penalty", me, me)]
 

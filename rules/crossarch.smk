@@ -36,6 +36,8 @@ rule cross_pair:
         dm_csv=cross_pair_file("{dataset}", "{condition}", "dm", "{src}", "{tgt}", "csv"),
         tlm_pt=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "pt"),
         tlm_csv=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "csv"),
+        dm_npz=cross_pair_file("{dataset}", "{condition}", "dm", "{src}", "{tgt}", "npz"),
+        tlm_npz=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "npz"),
     log:
         f"{R}/logs/cross_pair/{{dataset}}/{{condition}}/{{src}}__{{tgt}}.log",
     wildcard_constraints:
@@ -77,6 +79,7 @@ rule cross_report:
         figures=cross_figures_of,
         jobs=CROSS_JOBS,
         specs=cross_specs,
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/cross_report.py"
 

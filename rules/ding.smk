@@ -93,5 +93,6 @@ rule ding_tables:
         runtime=10,
     params:
         alpha=config["ding"]["alpha"],
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/ding.py"

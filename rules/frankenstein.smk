@@ -69,6 +69,7 @@ rule frankenstein_figures:
     params:
         settings=FRANK,
         names=frank_figure_names(),
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/frankenstein_figures.py"
 

@@ -8,6 +8,7 @@ rule dm:
     output:
         stitches=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.pt",
         csv=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.csv",
+        images=f"{R}/stitching/{{dataset}}/dm/{{src}}__{{tgt}}.npz",
     log:
         f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
     priority: table1_first
@@ -33,6 +34,7 @@ rule tlm:
     output:
         stitches=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.pt",
         csv=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.csv",
+        images=f"{R}/stitching/{{dataset}}/tlm/{{src}}__{{tgt}}.npz",
     log:
         f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",
     priority: table1_first
@@ -55,7 +57,8 @@ rule indices:
     input:
         unpack(index_inputs),
     output:
-        f"{R}/similarity/{{dataset}}/{{arch}}.csv",
+        csv=f"{R}/similarity/{{dataset}}/{{arch}}.csv",
+        replicates=f"{R}/similarity/{{dataset}}/{{arch}}.npz",
     log:
         f"{R}/logs/indices/{{dataset}}/{{arch}}.log",
     priority: table1_first
@@ -69,5 +72,6 @@ rule indices:
         specs=arch_specs,
         pairs=index_pairs,
         settings=config["similarity"],
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/indices.py"

@@ -5,7 +5,8 @@ rule similarity_table:
     input:
         unpack(similarity_inputs),
     output:
-        f"{R}/matrices/{{dataset}}/similarity.csv",
+        csv=f"{R}/matrices/{{dataset}}/similarity.csv",
+        replicates=f"{R}/matrices/{{dataset}}/similarity.npz",
     log:
         f"{R}/logs/similarity_table/{{dataset}}.log",
     priority: 10
@@ -15,16 +16,20 @@ rule similarity_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/similarity_table.py"
 
 
 rule table1:
     input:
-        matrix,
+        matrix=matrix,
+        replicates=matrix_replicates,
     output:
         csv=f"{R}/tables/{{dataset}}/table1.csv",
         md=f"{R}/tables/{{dataset}}/table1.md",
+        layers=f"{R}/tables/{{dataset}}/table1_layers.csv",
     log:
         f"{R}/logs/table1/{{dataset}}.log",
     priority: 10
@@ -36,13 +41,14 @@ rule table1:
         runtime=10,
     params:
         tie_rule=config["tables"]["tie_rule"],
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/table1.py"
 
 
 rule heatmaps:
     input:
-        expand(f"{R}/matrices/{{dataset}}/similarity.csv", dataset=config["datasets"]),
+        unpack(heatmap_inputs),
     output:
         [f for d in config["datasets"] for f in heatmaps(d)],
     log:
@@ -56,5 +62,6 @@ rule heatmaps:
         runtime=10,
     params:
         figures=[(d, *f) for d in config["datasets"] for f in heatmap_specs()],
+        uncertainty=config["uncertainty"],
     script:
         "../workflow_scripts/heatmaps.py"

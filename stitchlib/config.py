@@ -109,6 +109,16 @@ def load(path: str | Path) -> dict[str, Any]:
     return validate(raw)
 
 
+def _check_uncertainty(cfg: dict[str, Any]) -> None:
+    u = cfg["uncertainty"]
+    for i, m in enumerate(u["indices"]):
+        if m not in cfg["similarity"]["measures"]:
+            raise ConfigError(f"uncertainty.indices[{i}]: {m!r} is not computed (similarity.measures: "
+                              f"{cfg['similarity']['measures']})")
+    if cfg["tables"]["tie_rule"] == "bootstrap" and not u["enabled"]:
+        raise ConfigError("tables.tie_rule: 'bootstrap' needs the resamples of uncertainty.enabled: true")
+
+
 def _check_semantics(cfg: dict[str, Any]) -> None:
     for name, d in cfg["datasets"].items():
         try:
@@ -171,6 +181,7 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
                                   f"{layers(cfg, arch)}")
     if "inter" in cfg["stitching"]["settings"] and len(cfg["seeds"]) < 2:
         raise ConfigError("stitching.settings: 'inter' needs at least two seeds")
+    _check_uncertainty(cfg)
     _check_tasks(cfg)
     _check_cross(cfg)
     _check_frankenstein(cfg)

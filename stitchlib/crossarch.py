@@ -90,12 +90,13 @@ def stitch_pair(src_spec: dict[str, Any], tgt_spec: dict[str, Any], inputs: dict
     """DM, then TLM from DM, for every sender block output × receiver block input of one network pair.
 
     ``inputs``: src/tgt train/test activation files and the receiver's checkpoint (trained or random);
-    ``outputs``: dm_pt, dm_csv, tlm_pt, tlm_csv.
+    ``outputs``: dm_pt, dm_csv, tlm_pt, tlm_csv, and the per-image NPZs dm_npz, tlm_npz (default: beside the CSVs).
     """
     src, tgt = senders(src_spec), receivers(tgt_spec)
-    pipeline.dm_pair(src, tgt, inputs, dm_settings, outputs["dm_pt"], outputs["dm_csv"], device, conv_stitch)
+    pipeline.dm_pair(src, tgt, inputs, dm_settings, outputs["dm_pt"], outputs["dm_csv"], device, conv_stitch,
+                     outputs.get("dm_npz"))
     pipeline.tlm_pair(src, tgt, {**inputs, "dm": outputs["dm_pt"]}, tlm_settings, outputs["tlm_pt"],
-                      outputs["tlm_csv"], device, conv_stitch)
+                      outputs["tlm_csv"], device, conv_stitch, outputs.get("tlm_npz"))
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -110,25 +111,44 @@ def annotate(df: pd.DataFrame, specs: dict[str, dict], grid: str, condition: str
                      target_block=[receiver_block(t, layer) for layer in df["target_layer"]])
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
+def summary(df: pd.DataFrame, correct: np.ndarray | None = None, uncertainty: dict | None = None) -> pd.DataFrame:
     """Paper 3's statistics per (grid, condition, method): mean stitched test accuracy of the stitches whose
-    sender is proportionally later than / earlier than / equal to the receiver, with the cell counts."""
+    sender is proportionally later than / earlier than / equal to the receiver, with the cell counts.
+
+    ``correct`` (rows of ``df`` × test images, each stitch's per-image accuracy) and ``uncertainty``: also each
+    mean's interval over the test images (``<relation>_low`` / ``_high``; every stitch on the same resamples).
+    The networks are fixed architectures, one seed each: no resampling over them."""
+    from stitchlib import uncertainty as unc
+
+    boot = correct is not None and uncertainty is not None and uncertainty["enabled"]
+    C = unc.resample_counts(correct.shape[1], uncertainty["replicates"], uncertainty["seed"]) if boot else None
     rows = []
     for (grid, condition, method), g in df.groupby(["grid", "condition", "method"], sort=False):
         row = {"grid": grid, "condition": condition, "method": method,
                "network_pairs": g[["source", "target"]].drop_duplicates().shape[0]}
         for r in RELATIONS:
-            acc = g.loc[g["relation"] == r, "accuracy"]
-            row[r], row[f"n_{r}"] = (float(acc.mean()) if len(acc) else float("nan")), len(acc)
+            sel = g.index[g["relation"] == r]
+            row[r], row[f"n_{r}"] = (float(df.loc[sel, "accuracy"].mean()) if len(sel) else float("nan")), len(sel)
+            if boot:
+                b = unc.stitch_bootstrap(correct[sel].mean(0), counts=C, jackknife=False) if len(sel) else None
+                lo, hi = b.interval(uncertainty["level"], uncertainty["method"]) if b else (np.nan, np.nan)
+                row[f"{r}_low"], row[f"{r}_high"] = float(lo), float(hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def summary_markdown(t: pd.DataFrame) -> str:
     head = ("Mean stitched test accuracy (whole test split) by the sender's proportional depth against the "
-            "receiver's (cells in brackets).\n\n| grid | condition | method | later | earlier | equal | pairs |\n"
-            "|---|---|---|---|---|---|---|\n")
-    fmt = lambda r, k: "–" if np.isnan(r[k]) else f"{r[k]:.3f} ({r['n_' + k]})"  # noqa: E731
+            "receiver's (cells in brackets"
+            + ("; [95 % interval over the test images]" if "later_low" in t else "")
+            + ").\n\n| grid | condition | method | later | earlier | equal | pairs |\n|---|---|---|---|---|---|---|\n")
+
+    def fmt(r, k):
+        if np.isnan(r[k]):
+            return "–"
+        ci = f" [{r[k + '_low']:.3f}, {r[k + '_high']:.3f}]" if f"{k}_low" in r and np.isfinite(r[f"{k}_low"]) else ""
+        return f"{r[k]:.3f}{ci} ({r['n_' + k]})"
+
     return head + "".join(f"| {r['grid']} | {r['condition']} | {r['method']} | {fmt(r, 'later')} | "
                           f"{fmt(r, 'earlier')} | {fmt(r, 'equal')} | {r['network_pairs']} |\n"
                           for _, r in t.iterrows())
@@ -196,8 +216,9 @@ def pairs_figure(df: pd.DataFrame, title: str, path: str | Path) -> None:
 
 
 def report(jobs: list[tuple[str, str, str, str]], csvs: dict[str, list[str]], specs: dict[str, dict],
-           outputs: dict[str, Any], bins: int = 8) -> pd.DataFrame:
-    """All the study's outputs from the pair jobs' CSVs.
+           outputs: dict[str, Any], bins: int = 8, uncertainty: dict | None = None) -> pd.DataFrame:
+    """All the study's outputs from the pair jobs' CSVs (and, for the summary's intervals, the per-image NPZ
+    beside each CSV).
 
     ``jobs``: (grid, condition, sender, receiver) in the order of ``csvs[method]``; ``outputs``: table (all
     rows), summary_csv, summary_md, triangle[method], pairs[(grid, condition, method)] (PNG paths).
@@ -205,7 +226,10 @@ def report(jobs: list[tuple[str, str, str, str]], csvs: dict[str, list[str]], sp
     df = pd.concat([annotate(pd.read_csv(p), specs, grid, cond) for m in csvs
                     for (grid, cond, _, _), p in zip(jobs, csvs[m])], ignore_index=True)
     io.write_csv(df, outputs["table"])
-    t = summary(df)
+    correct = None
+    if uncertainty is not None and uncertainty["enabled"]:
+        correct = np.concatenate([np.load(Path(p).with_suffix(".npz"))["correct"] for m in csvs for p in csvs[m]])
+    t = summary(df, correct, uncertainty)
     io.write_csv(t, outputs["summary_csv"])
     io.write_text(outputs["summary_md"], "# Cross-architecture stitching (paper 3)\n\n" + summary_markdown(t))
     for method, path in outputs["triangle"].items():

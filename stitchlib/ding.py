@@ -323,15 +323,23 @@ def correlations(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summarise(per_group: pd.DataFrame, by: list[str], alpha: float) -> pd.DataFrame:
+def summarise(per_group: pd.DataFrame, by: list[str], alpha: float, uncertainty: dict | None = None) -> pd.DataFrame:
     """Mean τ and ρ over groups (e.g. layers), with Fisher's combined one-sided p-value; ``significant`` marks
-    p < alpha for each statistic."""
+    p < alpha for each statistic. ``uncertainty`` (enabled): also each mean's interval (``tau_low`` …) over the
+    networks, resampled with their layers (`stitchlib.uncertainty.cluster_bootstrap`)."""
+    from stitchlib import uncertainty as unc
+
+    boot = uncertainty is not None and uncertainty["enabled"]
     out = []
     for key, g in per_group.groupby([*by, "measure"], sort=False):
         row = dict(zip([*by, "measure"], key))
         for s in ("tau", "rho"):
             p = g[f"{s}_p"].dropna()
             row[s] = float(g[s].mean()) if g[s].notna().all() else math.nan
+            if boot:
+                b = unc.cluster_bootstrap(g[s], list(g["net"]), replicates=uncertainty["replicates"],
+                                          seed=uncertainty["seed"])
+                row[f"{s}_low"], row[f"{s}_high"] = map(float, b.interval(uncertainty["level"], uncertainty["method"]))
             p = p.clip(lower=1e-300)  # log(0) would make the combined statistic infinite
             row[f"{s}_p"] = float(scipy.stats.combine_pvalues(p, method="fisher").pvalue) if len(p) else math.nan
         row["groups"] = len(g)
@@ -348,7 +356,8 @@ def markdown(table: pd.DataFrame, title: str, note: str) -> str:
     measures = list(dict.fromkeys(table["measure"]))
 
     def cell(r, s):
-        return "≈ 0" if not r[f"{s}_significant"] else f"{r[s]:.4f}"
+        ci = f" [{r[s + '_low']:.2f}, {r[s + '_high']:.2f}]" if np.isfinite(r.get(f"{s}_low", np.nan)) else ""
+        return "≈ 0" if not r[f"{s}_significant"] else f"{r[s]:.4f}{ci}"
 
     head = "| Task | Model | " + " | ".join(f"{m} τ | {m} ρ" for m in measures) + " |"
     lines = [f"## {title}", "", head, "|" + "---|" * (2 + 2 * len(measures))]
@@ -359,10 +368,11 @@ def markdown(table: pd.DataFrame, title: str, note: str) -> str:
     return "\n".join([*lines, "", note, ""])
 
 
-def table2(sensitivity: pd.DataFrame, alpha: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def table2(sensitivity: pd.DataFrame, alpha: float, uncertainty: dict | None = None
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-layer correlations (every network × layer family) and their mean per task × model."""
     per_layer = mark(correlations(sensitivity, ["dataset", "model", "net", "layer"]), alpha)
-    return per_layer, summarise(per_layer, ["dataset", "model"], alpha)
+    return per_layer, summarise(per_layer, ["dataset", "model"], alpha, uncertainty)
 
 
 def table3(specificity: pd.DataFrame, alpha: float) -> pd.DataFrame:
@@ -415,15 +425,21 @@ def specificity_stage(specs: dict[str, dict[str, Any]], inputs: dict[str, str], 
     io.write_csv(df.assign(dataset=spec["dataset"], model=spec["arch"]), out_csv)
 
 
-def tables_stage(sensitivity_csvs: list[str], specificity_csvs: list[str], alpha: float, out: dict[str, str]) -> None:
-    """Tables 2 and 3 (CSV with per-layer rows and p-values; Markdown in the paper's layout)."""
+def tables_stage(sensitivity_csvs: list[str], specificity_csvs: list[str], alpha: float, out: dict[str, str],
+                 uncertainty: dict | None = None) -> None:
+    """Tables 2 and 3 (CSV with per-layer rows and p-values; Markdown in the paper's layout). Table 2's means get
+    intervals over the networks (``uncertainty``); Table 3's correlations are single numbers over every layer of
+    every seed."""
     note = (f"Kendall's τ and Spearman's ρ between |F(A) − F(B)| (linear-probe accuracy) and each dissimilarity; "
             f"one-sided p-values; ≈ 0 = not significant at α = {alpha}.")
     sens = pd.concat([pd.read_csv(p) for p in sensitivity_csvs], ignore_index=True)
-    per_layer, mean = table2(sens, alpha)
+    per_layer, mean = table2(sens, alpha, uncertainty)
     io.write_csv(pd.concat([mean.assign(net="mean", layer="mean"), per_layer], ignore_index=True), out["table2_csv"])
+    ci = (f" [{100 * uncertainty['level']:.0f} % interval over the networks, each resampled with its layers]"
+          if uncertainty is not None and uncertainty["enabled"] else "")
     io.write_text(out["table2_md"], markdown(mean, "Table 2: sensitivity test (low-rank approximations)",
-                                             note + " Mean over layers and networks; Fisher's combined p-value."))
+                                             note + " Mean over layers and networks" + ci +
+                                             "; Fisher's combined p-value."))
     spec = table3(pd.concat([pd.read_csv(p) for p in specificity_csvs], ignore_index=True), alpha)
     io.write_csv(spec, out["table3_csv"])
     io.write_text(out["table3_md"], markdown(spec, "Table 3: specificity test (every layer of every seed)", note))

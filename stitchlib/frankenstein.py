@@ -370,6 +370,11 @@ def _fig_inits(df: pd.DataFrame, path: str, plt) -> None:
     plotting.save(fig, path, tight=True)
 
 
+def _pairs_note(df: pd.DataFrame) -> str:
+    k = df[["source", "target"]].drop_duplicates().shape[0]
+    return f"mean and ±1 sd over {k} network pairs" if k > 1 else "one network pair (frankenstein.curves)"
+
+
 def _fig_low_rank(df: pd.DataFrame, path: str, plt) -> None:
     layers = list(dict.fromkeys(df.layer))
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.2), squeeze=False)
@@ -377,11 +382,10 @@ def _fig_low_rank(df: pd.DataFrame, path: str, plt) -> None:
         g = df[df.layer == layer]
         for method, label, m in (("reduced_rank_ls", "least squares, SVD-truncated", "o"),
                                  ("bottleneck_tlm", "task loss, bottleneck W1·W2", "^")):
-            h = g[g.method == method].sort_values("rank")
-            ax.plot(h["rank"], h.relative_accuracy, marker=m, label=label)
+            plotting.band(ax, "rank", g[g.method == method], "relative_accuracy", label, marker=m)
         full = g[g.method == "ls"]
         if len(full):
-            ax.axhline(full.relative_accuracy.iloc[0], color="grey", linestyle=":",
+            ax.axhline(full.relative_accuracy.mean(), color="grey", linestyle=":",
                        label=f"full-rank LS (rank {int(full['rank'].iloc[0])})")
         ax.set_xscale("log", base=2)
         ranks = sorted(g.loc[g.method != "ls", "rank"].unique())
@@ -390,7 +394,7 @@ def _fig_low_rank(df: pd.DataFrame, path: str, plt) -> None:
         ax.set_ylabel("relative accuracy")
         ax.set_title(f"{g.architecture.iloc[0]} {layer}", fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle("Fig. 7: low-rank matching", fontsize=10)
+    fig.suptitle(f"Fig. 7: low-rank matching ({_pairs_note(df)})", fontsize=10)
     plotting.save(fig, path, tight=True)
 
 
@@ -412,13 +416,14 @@ def _fig_sparsity(df: pd.DataFrame, mats: dict[str, np.ndarray], path: str, plt)
         ax.set_yticks([])
     ax = fig.add_subplot(grid[0, len(examples):])
     for method, label, m in (("lasso_dm", "L1 direct matching (lasso)", "o"), ("l1_tlm", "L1 task loss matching", "^")):
-        g = df[df.method == method].sort_values("sparsity")
-        ax.plot(g.sparsity, g.relative_accuracy, marker=m, label=label)
+        g = df[df.method == method]  # at each strength: mean sparsity, relative accuracy ± sd over network pairs
+        plotting.band(ax, "sparsity", g.assign(sparsity=g.groupby("strength").sparsity.transform("mean")),
+                      "relative_accuracy", label, marker=m)
     ax.set_xlabel("sparsity (share of zero weights)")
     ax.set_ylabel("relative accuracy")
     ax.legend(fontsize=7)
     fig.suptitle(f"Fig. 8: sparse matchings, {df.architecture.iloc[0]} {df.layer.iloc[0]} "
-                 "(left: |W|, output × input, zeros white)", fontsize=10)
+                 f"(left: |W|, output × input, zeros white; {_pairs_note(df)})", fontsize=10)
     plotting.save(fig, path, tight=True)
 
 
@@ -439,37 +444,52 @@ def _fig_mode(df: pd.DataFrame, n_good: int, threshold: float, path: str, plt) -
     plotting.save(fig, path, tight=True)
 
 
-def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.DataFrame:
-    """The numbers the README sets beside the paper's findings, one row per (study, quantity)."""
+def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any],
+            uncertainty: dict | None = None) -> pd.DataFrame:
+    """The numbers the README sets beside the paper's findings, one row per (study, quantity). A mean over
+    network pairs or runs gets, with ``uncertainty`` enabled, its interval over those units (``low``, ``high``,
+    ``over``: each unit resampled with its rows, `stitchlib.uncertainty.cluster_bootstrap`; with 2 network pairs
+    this is about the range of the two pairs' means, no more)."""
+    from stitchlib import uncertainty as unc
+
     out = []
 
-    def add(study: str, quantity: str, value: float, paper: str = "") -> None:
-        out.append({"study": study, "quantity": quantity, "value": float(value), "paper": paper})
+    def add(study: str, quantity: str, value: float, paper: str = "", over: tuple | None = None) -> None:
+        row = {"study": study, "quantity": quantity, "value": float(value), "paper": paper, "low": np.nan,
+               "high": np.nan, "over": ""}
+        if over is not None and uncertainty is not None and uncertainty["enabled"] and len(over[1]):
+            name, g, col = over
+            units = list(zip(g.source, g.target)) if name == "network pairs" else list(g[name])
+            b = unc.cluster_bootstrap(g[col], units, replicates=uncertainty["replicates"], seed=uncertainty["seed"])
+            lo, hi = b.interval(uncertainty["level"], uncertainty["method"])
+            row.update(low=float(lo), high=float(hi), over=f"{name} ({len(set(units))})")
+        out.append(row)
 
     layers = results.get("layers", pd.DataFrame())
     for arch in settings["architectures"]:
         g = layers[layers.architecture == arch]
         for method in ("ls", "procrustes", "tlm"):
             add("Fig. 2", f"{arch}: mean relative accuracy, {method}", g[g.method == method].relative_accuracy.mean(),
-                "TLM near 1 on ResNet-20; LS collapses on some layers" if method == "tlm" else "")
+                "TLM near 1 on ResNet-20; LS collapses on some layers" if method == "tlm" else "",
+                ("network pairs", g[g.method == method], "relative_accuracy"))
         per_layer = g[g.method == "tlm"].groupby("layer").relative_accuracy.mean()
         add("Fig. 2", f"{arch}: weakest TLM layer ({per_layer.idxmin()})", per_layer.min(),
             "ResNet-20: after the first conv, ≈ 0.80")
         cka = g[g.method == "tlm"].cka
         add("Fig. 2", f"{arch}: CKA(transformed, Model 2) after TLM, mean", cka.mean(),
-            "ResNet 0.922 ± 0.098, Tiny-10 0.883 ± 0.050")
+            "ResNet 0.922 ± 0.098, Tiny-10 0.883 ± 0.050", ("network pairs", g[g.method == "tlm"], "cka"))
         add("Fig. 2", f"{arch}: CKA(transformed, Model 2) after TLM, std", cka.std(ddof=0))
     for arch, mult in settings["widths"].items():
         g = layers[(layers.architecture == arch) & (layers.method == "tlm")]
         add("Fig. 3", f"width ×{mult:g} ({arch}): mean TLM relative accuracy", g.relative_accuracy.mean(),
-            "increases with width")
+            "increases with width", ("network pairs", g, "relative_accuracy"))
     track = results.get("track", pd.DataFrame())
     if len(track):
         first, last = track[track.step == 0], track[track.step == track.step.max()]
         for col in ("cka", "r2_lr", "relative_accuracy"):
             add("Fig. 4", f"{col} at the LS init → after TLM", last[col].mean() - first[col].mean(),
                 "CKA decreases while accuracy increases" if col == "cka" else "")
-            add("Fig. 4", f"{col} after TLM", last[col].mean())
+            add("Fig. 4", f"{col} after TLM", last[col].mean(), over=("network pairs", last, col))
     pen = results.get("cka_penalty", pd.DataFrame())
     if len(pen):
         on = pen[pen.penalty > 0]
@@ -480,7 +500,7 @@ def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.Da
     inits = results.get("inits", pd.DataFrame())
     for kind, g in inits.groupby("init", sort=False) if len(inits) else []:
         add("Fig. 6", f"{kind} init: mean relative accuracy", g.relative_accuracy.mean(),
-            "LS init consistently good; random mostly similar, sometimes stuck")
+            "LS init consistently good; random mostly similar, sometimes stuck", ("run", g, "relative_accuracy"))
         add("Fig. 6", f"{kind} init: min relative accuracy", g.relative_accuracy.min())
     mode = results.get("mode", pd.DataFrame())
     if len(mode):
@@ -490,11 +510,12 @@ def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.Da
         add("Exp. 6", "mean relative accuracy at the endpoints", curve.iloc[[0, -1]].mean())
     low = results.get("lowrank", pd.DataFrame())
     for (layer, k), g in low[low.method != "ls"].groupby(["layer", "rank"]) if len(low) else []:
-        by = g.set_index("method").relative_accuracy
+        by = g.groupby("method").relative_accuracy.mean()  # over network pairs
         add("Fig. 7", f"{layer} rank {k}: TLM bottleneck − SVD-truncated LS",
             by.get("bottleneck_tlm", np.nan) - by.get("reduced_rank_ls", np.nan), "TLM above LS at every rank")
     sp = results.get("sparsity", pd.DataFrame())
     for method, g in sp.groupby("method") if len(sp) else []:
+        g = g.groupby("strength")[["sparsity", "relative_accuracy"]].mean().reset_index()  # over network pairs
         below = g[g.sparsity <= 0.9].sort_values("sparsity")  # the paper's range of interest: up to 90 % zeros
         if len(below):
             top = below.iloc[-1]
@@ -504,7 +525,7 @@ def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.Da
 
 
 def figures(inputs: dict[str, list[str]], settings: dict[str, Any], figure_paths: dict[str, str], out_csv: str,
-            out_md: str) -> None:
+            out_md: str, uncertainty: dict | None = None) -> None:
     """Every figure of the study and its summary table, from the experiments' CSVs."""
     plt = plotting.pyplot()
     results = {k: _read(v) for k, v in inputs.items() if k != "matrices"}
@@ -528,9 +549,10 @@ def figures(inputs: dict[str, list[str]], settings: dict[str, Any], figure_paths
     n_good = int(((inits.init == "random") & (inits.relative_accuracy >= m["min_relative_accuracy"])).sum())
     _fig_mode(results["mode"], n_good, m["min_relative_accuracy"], figure_paths["exp6_mode_connectivity"], plt)
     plt.close("all")
-    table = summary(results, settings)
+    table = summary(results, settings, uncertainty)
     io.write_csv(table, out_csv)
     lines = ["## Paper 2 (Csiszárik et al. 2021): matching-method studies", "",
              "| Study | Quantity | Value | Paper |", "|---|---|---|---|"]
-    lines += [f"| {r.study} | {r.quantity} | {r.value:.3f} | {r.paper} |" for r in table.itertuples()]
+    ci = lambda r: f" [{r.low:.3f}, {r.high:.3f}] over {r.over}" if np.isfinite(r.low) else ""  # noqa: E731
+    lines += [f"| {r.study} | {r.quantity} | {r.value:.3f}{ci(r)} | {r.paper} |" for r in table.itertuples()]
     io.write_text(out_md, "\n".join(lines) + "\n")

@@ -303,14 +303,21 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
 # ----------------------------------------------------------------------------- structural indices
 
 def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: list[tuple[str, str]],
-                       settings: dict[str, Any], out_csv: str) -> None:
+                       settings: dict[str, Any], out_csv: str, uncertainty: dict[str, Any] | None = None,
+                       out_npz: str | None = None) -> None:
     """Every configured structural index for every layer pair of every network pair, from one set of
     per-layer statistics per (network, layer, reshape) computed once from the test-split cache.
 
     A pair in a degenerate regime (:class:`stitchlib.similarity.DegenerateInput`: rank ≥ n − 1 for CCA-family
     measures, a constant layer) is recorded as NaN with the reason logged — never a silent 1. Any other
     problem (an incomplete file, a layer of the wrong shape, non-finite activations) fails the job.
+
+    ``uncertainty`` (the config section): the indices it names are also bootstrapped over the test images
+    (:func:`stitchlib.uncertainty.index_bootstrap`, from the same statistics); ``out_npz`` gets 'replicates'
+    (rows of the CSV × replicates, float32; NaN for the other indices and undefined replicates).
     """
+    from stitchlib import uncertainty as unc
+
     for net, path in test_h5.items():
         check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
@@ -331,11 +338,12 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
             raise stats[key]
         return stats[key]
 
-    rows, start = [], time.time()
+    rows, blocks, start = [], [], time.time()
     for src, tgt in pairs:
         s, t = specs[src], specs[tgt]
         for m in measures:
             reshape = settings["reshape"][m]
+            blocks.append((len(rows), src, tgt, m))
             for si, sl in enumerate(s["layers"]):
                 for ti, tl in enumerate(t["layers"]):
                     try:
@@ -346,7 +354,35 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                     rows.append({"measure": catalog.MEASURES[m].label, **_pair_row(s, t, si, sl, ti, tl),
                                  "value": float(value)})
     log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
+    if out_npz is not None:
+        u = uncertainty or {"enabled": False}
+        B = u["replicates"] if u["enabled"] else 0
+        reps, start = np.full((len(rows), B), np.nan, np.float32), time.time()
+        for first, src, tgt, m in blocks if B else []:
+            if m not in u["indices"]:
+                continue
+            layers = [[(i, st) for i, layer in enumerate(specs[net]["layers"])
+                       if not isinstance(st := _try(get, net, layer, settings["reshape"][m]), Exception)]
+                      for net in (src, tgt)]
+            if not all(layers):
+                continue
+            b = unc.index_bootstrap([st for _, st in layers[0]], [st for _, st in layers[1]], [m], replicates=B,
+                                    seed=u["seed"], jackknife=False, **opts)[m]
+            width = len(specs[tgt]["layers"])
+            for a, (si, _) in enumerate(layers[0]):
+                for c, (ti, _) in enumerate(layers[1]):
+                    reps[first + si * width + ti] = b.replicates[:, a, c]
+        log.info("%d bootstrap replicates of %s over the test images in %.1f s", B, list(u.get("indices", [])),
+                 time.time() - start)
+        io.write_npz(out_npz, {"replicates": reps})
     io.write_csv(pd.DataFrame(rows), out_csv)
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except sim.DegenerateInput as e:
+        return e
 
 
 # ----------------------------------------------------------------------------- OOD detectors

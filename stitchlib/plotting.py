@@ -67,13 +67,17 @@ def band(ax, x: str, g: pd.DataFrame, col: str, label: str, **style) -> None:
 
 # ----------------------------------------------------------------------------- paper 1's figures
 
-def heatmap(m: pd.DataFrame, path: str | Path, title: str, higher_is_similar: bool = True) -> None:
+def heatmap(m: pd.DataFrame, path: str | Path, title: str, higher_is_similar: bool = True,
+            marks: np.ndarray | None = None) -> None:
     """Paper 1 Fig. 1a: source layer on rows, target layer on columns, the value printed in each cell (the
-    colour scale reversed for distances, so that similar is always bright)."""
+    colour scale reversed for distances, so that similar is always bright). ``marks``: cells outlined in red
+    (e.g. those whose interval overlaps the best of their column)."""
     plt = pyplot()
     n_rows, n_cols = m.shape
     fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n_cols, 1.0 + 0.55 * n_rows))
     im = matrix(ax, m, title, "viridis" if higher_is_similar else "viridis_r", fontsize=8)
+    for i, j in zip(*np.nonzero(marks)) if marks is not None else []:
+        ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="red", linewidth=1.6))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     save(fig, path, tight=True)
 

@@ -71,7 +71,7 @@ from stitchlib import catalog
 from stitchlib import similarity as sim
 
 __all__ = ["Bootstrap", "METHODS", "resample_counts", "jackknife_counts", "network_counts", "pair_weights",
-           "pooled", "interval", "mean_ratio", "stitch_bootstrap", "index_bootstrap", "permutation_test"]
+           "pooled", "cluster_bootstrap", "interval", "mean_ratio", "stitch_bootstrap", "index_bootstrap", "permutation_test"]
 
 METHODS = ("percentile", "bc", "bca")
 _BUDGET = 2**24  # float64 elements per chunk of per-replicate moments (128 MB)
@@ -118,6 +118,15 @@ def pooled(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     total = w.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (values * w).sum(-1) / np.where(total > 0, total, 1), np.nan)
+
+
+def cluster_bootstrap(values: Any, clusters: Sequence[Any], *, replicates: int = 1000, seed: int = 0) -> Bootstrap:
+    """The mean of ``values`` (rows) with the rows' clusters (e.g. the networks or runs they come from) resampled
+    with replacement (`network_counts`): the mean's uncertainty over those units, keeping each unit's rows."""
+    values = np.asarray(values, float)
+    names = list(dict.fromkeys(clusters))
+    w = network_counts(len(names), replicates, seed)[:, [names.index(c) for c in clusters]]
+    return Bootstrap(np.asarray(values.mean()), pooled(np.broadcast_to(values, w.shape), w))
 
 
 # ----------------------------------------------------------------------------------------------- intervals

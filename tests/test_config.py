@@ -76,6 +76,10 @@ BAD = [
     ("ood.enabled", "yes", "ood.enabled", "not of type 'boolean'"),
     ("ood.outliers.n", 0, "ood.outliers.n", "less than the minimum of 1"),
     ("tables.tie_rule", "coin", "tables.tie_rule", "'coin' is not one of"),
+    ("uncertainty.replicates", 5, "uncertainty.replicates", "less than the minimum of 20"),
+    ("uncertainty.method", "bca", "uncertainty.method", "'bca' is not one of"),
+    ("uncertainty.level", 95, "uncertainty.level", "greater than or equal to the maximum of 1"),
+    ("uncertainty.indices", ["lcka", "dm_struct"], "uncertainty.indices[1]", "'dm_struct' is not computed"),
     ("results", "../../etc; rm -rf /", "results", "does not match"),
     ("device", "tpu", "device", "'tpu' is not one of"),
 ]
@@ -89,6 +93,15 @@ def test_malformed_config_is_rejected_with_key_path(path, value, key, detail):
     message = str(e.value)
     assert re.match(rf"(config key )?{re.escape(key)}: ", message), message  # the key path comes first
     assert detail in message, message
+
+
+@pytest.mark.malformed_config
+def test_bootstrap_tie_rule_needs_the_resamples():
+    cfg = _with("tables.tie_rule", "bootstrap")
+    assert sconf.validate(cfg)["tables"]["tie_rule"] == "bootstrap"
+    cfg["uncertainty"] = {"enabled": False}
+    with pytest.raises(sconf.ConfigError, match="^tables.tie_rule: 'bootstrap' needs the resamples"):
+        sconf.validate(cfg)
 
 
 @pytest.mark.malformed_config

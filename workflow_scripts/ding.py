@@ -12,7 +12,7 @@ STAGES = {
                                                      sm.params.dm, sm.params.similarity, sm.output[0],
                                                      device=sm.params.device),
     "ding_tables": lambda sm: ding.tables_stage(list(sm.input.sensitivity), list(sm.input.specificity),
-                                                sm.params.alpha, dict(sm.output.items())),
+                                                sm.params.alpha, dict(sm.output.items()), sm.params.uncertainty),
 }
 
 run(snakemake, lambda sm: STAGES[sm.rule](sm))

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 from _runner import run
 
@@ -5,14 +6,22 @@ from stitchlib import catalog, plotting, report
 
 
 def job(sm):
-    tables = {}
+    tables, u = {}, sm.params.uncertainty
     for (dataset, measure, arch, setting), path in zip(sm.params.figures, sm.output):
         if dataset not in tables:
-            tables[dataset] = pd.read_csv(next(p for p in sm.input if f"/{dataset}/" in p))
-        m = report.mean_matrix(tables[dataset], measure, arch, setting)
+            with np.load(sm.input[f"{dataset}_replicates"]) as z:
+                tables[dataset] = pd.read_csv(sm.input[dataset]), z["replicates"]
+        long, reps = tables[dataset]
         x = catalog.measure(measure)
-        plotting.heatmap(m, path, f"{measure} ({x.quantity}), {arch}, {setting}-network, {dataset}",
-                         x.higher_is_similar)
+        title = f"{measure} ({x.quantity}), {arch}, {setting}-network"
+        if u["enabled"]:
+            m, lo, hi = report.matrix_intervals(long, reps, measure, arch, setting, u)
+            plotting.heatmap(m, path, f"{title}, {dataset}\noutlined: {100 * u['level']:.0f} % interval overlaps "
+                             "the column's best", x.higher_is_similar, report.overlaps_best(m, lo, hi,
+                                                                                             x.higher_is_similar))
+        else:
+            plotting.heatmap(report.mean_matrix(long, measure, arch, setting), path, f"{title}, {dataset}",
+                             x.higher_is_similar)
 
 
 run(snakemake, job)

@@ -1,13 +1,6 @@
-import pandas as pd
 from _runner import run
 
-from stitchlib import io, report
+from stitchlib import report
 
-
-def job(sm):
-    parts = [report.collect_stitching(sm.input.stitching)] if sm.input.stitching else []
-    parts += [pd.read_csv(p) for p in sm.input.indices]
-    io.write_csv(pd.concat(parts, ignore_index=True), sm.output[0])
-
-
-run(snakemake, job)
+run(snakemake, lambda sm: report.similarity_table(list(sm.input.stitching), list(sm.input.indices), sm.output.csv,
+                                                  sm.output.replicates, sm.params.uncertainty))
