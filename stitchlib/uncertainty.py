@@ -2,7 +2,7 @@
 
 **Resamples.**  A bootstrap replicate draws the n test images with replacement; it is a count vector c ∈ ℕⁿ
 (Σc = n, c_i = how often image i is drawn), row b of `resample_counts(n, B, seed)`.  Row b depends on
-(seed, n, b) only, so every job of a run — every measure, layer pair, network pair and stitch — sees the same
+(seed, n, b) only (rows are drawn 64 at a time, the block seeded with (seed, n, b // 64)), so every job of a run — every measure, layer pair, network pair and stitch — sees the same
 resamples: intervals are paired (a difference of two measures can be bootstrapped from their replicates), and
 asking for more replicates keeps the first ones.  The jackknife (for BCa) is the n count vectors 1 − e_i.
 Several networks: `network_counts` resamples the networks (seeds) too; a network pair (s, t) weighs c_s·c_t
@@ -80,12 +80,18 @@ _NEEDS_EIGH = ("pwcca", "mean_cca", "svcca", "r2_lr", "dm_struct")
 
 
 # ----------------------------------------------------------------------------------------------- resamples
+_BLOCK = 64  # resamples drawn per generator
+
+
 def resample_counts(n: int, replicates: int, seed: int = 0, start: int = 0) -> np.ndarray:
     """(replicates, n) float64 counts of bootstrap resamples start … start + replicates − 1 of n images; row b is
-    drawn from the generator seeded with (seed, n, b) alone."""
+    drawn by the generator seeded with (seed, n, b // 64) alone, so it does not depend on how many are asked."""
     out = np.zeros((replicates, n))
-    for j in range(replicates):
-        out[j] = np.bincount(np.random.default_rng([seed, n, start + j]).integers(0, n, n), minlength=n)
+    for block in range(start // _BLOCK, (start + replicates - 1) // _BLOCK + 1 if replicates else 0):
+        idx = np.random.default_rng([seed, n, block]).integers(0, n, (_BLOCK, n))
+        counts = np.bincount((idx + n * np.arange(_BLOCK)[:, None]).ravel(), minlength=_BLOCK * n).reshape(_BLOCK, n)
+        lo, hi = max(start, block * _BLOCK), min(start + replicates, (block + 1) * _BLOCK)
+        out[lo - start:hi - start] = counts[lo - block * _BLOCK:hi - block * _BLOCK]
     return out
 
 
@@ -337,7 +343,8 @@ class _Chunk:
         debiased index, S2 = wᵀQw², S3 = (w²)ᵀQw², T2 = Σ w²(Kw)(Lw), Ej = Σ wʲde, Fxj = Σ wʲe(Kw),
         Fyj = Σ wʲd(Lw), Dx2 = Σ w²d, Dy2 = Σ w²e — from the n × n Grams (`_gram`) or from the basis."""
         def make() -> dict[str, np.ndarray]:
-            C, pw = self.C, {j: self.C**j for j in (1, 2, 3, 4)}
+            C = self.C
+            pw = self._get("powers", lambda: dict(zip((1, 2, 3, 4), _powers(C)))) if debiased else {}
             out = {f"E{j}": pw[j] @ a.per_image(a.d * b.d) for j in (2, 3, 4)} if debiased else {}
             if _gram(a, b):
                 kw, lw = (self._get(("Kw", id(v)), lambda v=v: C @ v.K) for v in (a, b))
@@ -365,6 +372,11 @@ class _Chunk:
         return self._get(("terms", id(a), id(b), debiased), make)
 
 
+def _powers(C: np.ndarray) -> list[np.ndarray]:
+    C2 = C * C
+    return [C, C2, C2 * C, C2 * C2]
+
+
 def _cka(q: _Chunk, a: _View, b: _View) -> np.ndarray:
     def g2(x: _View, y: _View) -> np.ndarray:  # ‖G_xy‖²_F = ‖M‖² − 2 tᵀMt/N + ‖t_x‖²‖t_y‖²/N²
         t, N = q.terms(x, y, False), q.N(x)
@@ -376,7 +388,7 @@ def _cka_debiased(q: _Chunk, a: _View, b: _View) -> np.ndarray:
     """HSIC_u's three expectations, each a count-weighted mean over tuples of distinct rows (module docstring):
     pairs Σ_{i≠j} w_iw_j k_ij l_ij / P₂, triples Σ w_iw_jw_q k_ij l_iq / P₃, quadruples Σ w_iw_jw_qw_r k_ij l_qr / P₄,
     by inclusion–exclusion of the weighted sums in `_Chunk.terms` (K̃ = K − diag d)."""
-    W = [a.k * (q.C**j).sum(1) for j in (1, 2, 3, 4)]
+    W = [a.k * c.sum(1) for c in _powers(q.C)]
     P2, P3 = W[0]**2 - W[1], W[0]**3 - 3 * W[0] * W[1] + 2 * W[2]
     P4 = W[0]**4 - 6 * W[0]**2 * W[1] + 3 * W[1]**2 + 8 * W[0] * W[2] - 6 * W[3]
 

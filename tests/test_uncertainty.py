@@ -212,7 +212,7 @@ def population_cka(W, sigma):
     return np.linalg.norm(W) ** 2 / (np.sqrt(W.shape[0]) * np.linalg.norm(W.T @ W + sigma**2 * np.eye(W.shape[1])))
 
 
-@pytest.mark.parametrize("measure,p,q,n,sigma", [("lcka", 3, 3, 100, 0.5), ("lcka_debiased", 10, 8, 60, 0.5)])
+@pytest.mark.parametrize("measure,p,q,n,sigma", [("lcka", 3, 3, 200, 0.5), ("lcka_debiased", 10, 8, 60, 0.5)])
 def test_intervals_cover_the_population_cka(measure, p, q, n, sigma):
     """95 % intervals (bc, the workflow's) of 200 simulated data sets cover the population value in 90–99 %."""
     rng = np.random.default_rng(123)
@@ -232,7 +232,7 @@ def test_permutation_p_values_are_uniform_under_independence_and_small_under_a_r
     rng = np.random.default_rng(7)
     W = rng.normal(size=(3, 2))
     p_null, p_planted = [], []
-    for k in range(200):
+    for k in range(120):
         X, Y = gaussian_pair(rng, 30, W, 1.0)
         sx = S.layer_stats(X)
         p_null.append(U.permutation_test(sx, S.layer_stats(rng.normal(size=(30, 2))), "lcka", permutations=99,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -99,6 +100,26 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     assert t.percent.between(0, 100).all()
     md = (res / "tables/digits/table1.md").read_text()
     assert "| DM (struct.) |" in md
+    # Intervals (uncertainty: 200 replicates): over networks and test images where replicates exist, networks
+    # only († in the Markdown) for the indices not in uncertainty.indices; per target layer P(best).
+    assert (t.low <= t.high).all() and t.low.between(0, 100).all() and t.high.between(0, 100).all()
+    over = t.groupby("measure").over.first()
+    assert over["LCKA"] == over["TLM"] == over["DM (func.)"] == "images, networks" and over["PWCCA"] == "networks"
+    assert (t[t.measure.isin(["PWCCA", "OPD"])].low == t[t.measure.isin(["PWCCA", "OPD"])].high).all()  # 2 seeds
+    assert "| PWCCA | 100.00% [100.0, 100.0]† |" in md and "## P(best)" in md
+    layers = pd.read_csv(res / "tables/digits/table1_layers.csv")
+    assert layers.p_best.between(0, 1).all() and len(layers) == 10 * (4 + 2) * 2
+    long = pd.read_csv(res / "matrices/digits/similarity.csv")
+    with np.load(res / "matrices/digits/similarity.npz") as z:
+        reps = z["replicates"]
+    assert reps.shape == (len(long), 200)
+    has = ~np.isnan(reps).all(1)
+    assert set(long.measure[has]) == {"TLM", "DM (func.)", "DM (struct.)", "LCKA", "LCKA (debiased)"}
+    with np.load(res / "stitching/digits/tlm/rn-s0__rn-s1.npz") as z:  # per-image terms behind each CSV row
+        tlm = pd.read_csv(res / "stitching/digits/tlm/rn-s0__rn-s1.csv")
+        np.testing.assert_allclose(z["correct"].mean(1), tlm.accuracy, rtol=1e-6)
+        np.testing.assert_allclose(z["err"].sum(1) / z["norm"].sum(1), tlm.struct, rtol=1e-5)
+        assert z["receiver"].mean() == pytest.approx(tlm.receiver_accuracy[0], rel=1e-6)
     for fig in ["intra/rn/tlm.png", "inter/vit/dm_struct.png", "intra/rn/dm_func.png", "inter/rn/lcka.png"]:
         assert (res / "figures/digits" / fig).read_bytes()[:4] == b"\x89PNG"
     dm = pd.read_csv(res / "stitching/digits/dm/rn-s0__rn-s0.csv")
@@ -136,6 +157,7 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     page = (res / "report.html").read_text()
     figures = list((res / "figures").rglob("*.png"))
     assert page.count("data:image/png;base64,") == len(figures) > 40 and "Table 3: specificity test" in page
+    assert "P(best)" in page and "95 % interval over the networks" in page
 
     # Nothing left to do; a TLM change reruns TLM and what depends on it, never training or extraction.
     assert "Nothing to be done" in smk("-n", "--configfile", str(tiny), cwd=tmp_path).stdout
