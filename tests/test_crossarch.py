@@ -153,6 +153,13 @@ def test_summary_and_depth_matrix_on_a_hand_made_table():
     row = crossarch.summary(df).iloc[0]
     assert (row.later, row.earlier, row.equal) == (pytest.approx(0.8), 0.2, 1.0)
     assert (row.n_later, row.n_earlier, row.n_equal, row.network_pairs) == (2, 1, 1, 2)
+    # per-image correctness (10 images) behind each row: the interval of each mean is over the test images
+    correct = np.array([[1] * 9 + [0], [1] * 7 + [0] * 3, [1, 1] + [0] * 8, [1] * 10], float)
+    u = {"enabled": True, "replicates": 300, "seed": 0, "level": 0.95, "method": "bc"}
+    row = crossarch.summary(df, correct, u).iloc[0]
+    assert row.equal_low == row.equal_high == 1.0  # every image right in every resample
+    assert row.later_low < 0.8 < row.later_high and row.earlier_low < 0.2 < row.earlier_high
+    assert "0.800 [" in crossarch.summary_markdown(crossarch.summary(df, correct, u))
     m = crossarch.depth_matrix(df, bins=2).to_numpy()
     # rows: sender depth bins [0, ½), [½, 1] (depth 1 in the last bin); columns: receiver depth bins
     np.testing.assert_allclose(m, [[np.nan, 0.2], [0.8, 1.0]])

@@ -134,3 +134,9 @@ def test_tables_average_layers_and_keep_them():
     assert dm.tau == pytest.approx(-1) and not dm.tau_significant
     md = ding.markdown(mean, "Table 2", "note")
     assert "| LCKA τ | LCKA ρ | DM (func.) τ | DM (func.) ρ |" in md and "| ≈ 0 | ≈ 0 |" in md
+    # with a second network, each mean gets its interval over the networks (each resampled with its layers)
+    two = pd.DataFrame(rows + [{**r, "net": "rn-s1", "d_lcka": 1 - r["d_lcka"]} for r in rows])
+    u = {"enabled": True, "replicates": 200, "seed": 0, "level": 0.95, "method": "percentile"}
+    lcka = ding.table2(two, 0.05, u)[1].set_index("measure").loc["LCKA"]
+    s0 = per_layer[per_layer.measure == "LCKA"].tau.mean()
+    assert lcka.tau == pytest.approx(0) and (lcka.tau_low, lcka.tau_high) == (pytest.approx(-s0), pytest.approx(s0))
