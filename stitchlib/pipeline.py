@@ -316,8 +316,6 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     (:func:`stitchlib.uncertainty.index_bootstrap`, from the same statistics); ``out_npz`` gets 'replicates'
     (rows of the CSV × replicates, float32; NaN for the other indices and undefined replicates).
     """
-    from stitchlib import uncertainty as unc
-
     for net, path in test_h5.items():
         check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
@@ -355,27 +353,44 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                                  "value": float(value)})
     log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
     if out_npz is not None:
-        u = uncertainty or {"enabled": False}
-        B = u["replicates"] if u["enabled"] else 0
-        reps, start = np.full((len(rows), B), np.nan, np.float32), time.time()
-        for first, src, tgt, m in blocks if B else []:
-            if m not in u["indices"]:
-                continue
-            layers = [[(i, st) for i, layer in enumerate(specs[net]["layers"])
-                       if not isinstance(st := _try(get, net, layer, settings["reshape"][m]), Exception)]
-                      for net in (src, tgt)]
-            if not all(layers):
-                continue
-            b = unc.index_bootstrap([st for _, st in layers[0]], [st for _, st in layers[1]], [m], replicates=B,
-                                    seed=u["seed"], jackknife=False, **opts)[m]
-            width = len(specs[tgt]["layers"])
-            for a, (si, _) in enumerate(layers[0]):
-                for c, (ti, _) in enumerate(layers[1]):
-                    reps[first + si * width + ti] = b.replicates[:, a, c]
-        log.info("%d bootstrap replicates of %s over the test images in %.1f s", B, list(u.get("indices", [])),
-                 time.time() - start)
-        io.write_npz(out_npz, {"replicates": reps})
+        io.write_npz(out_npz, {"replicates": _index_replicates(specs, pairs, settings, uncertainty, blocks, len(rows),
+                                                               get)})
     io.write_csv(pd.DataFrame(rows), out_csv)
+
+
+def _index_replicates(specs: dict[str, dict], pairs: list[tuple[str, str]], settings: dict[str, Any],
+                      uncertainty: dict[str, Any] | None, blocks: list[tuple], n_rows: int, get) -> np.ndarray:
+    """Replicates (rows × B, float32) of the indices named in ``uncertainty.indices``; one
+    `stitchlib.uncertainty.index_bootstrap` per reshape for every layer pair of every network pair, so each
+    layer's per-replicate moments are computed once. NaN elsewhere (and for layers without statistics)."""
+    from stitchlib import uncertainty as unc
+
+    u = uncertainty or {"enabled": False}
+    B = u["replicates"] if u["enabled"] else 0
+    reps, start = np.full((n_rows, B), np.nan, np.float32), time.time()
+    boot = [m for m in settings["measures"] if B and m in u["indices"]]
+    opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
+    for reshape in dict.fromkeys(settings["reshape"][m] for m in boot):
+        ms = [m for m in boot if settings["reshape"][m] == reshape]
+        layers = {(net, layer): _try(get, net, layer, reshape) for src_tgt in pairs for net in src_tgt
+                  for layer in specs[net]["layers"]}
+        keys = [k for k, st in layers.items() if not isinstance(st, Exception)]
+        pos = {k: i for i, k in enumerate(keys)}
+        wanted = [(pos[src, sl], pos[tgt, tl]) for src, tgt in pairs for sl in specs[src]["layers"]
+                  for tl in specs[tgt]["layers"] if (src, sl) in pos and (tgt, tl) in pos]
+        stats = [layers[k] for k in keys]
+        b = unc.index_bootstrap(stats, stats, ms, replicates=B, seed=u["seed"], jackknife=False, pairs=wanted,
+                                **opts)
+        for first, src, tgt, m in blocks:
+            if m in ms:
+                for si, sl in enumerate(specs[src]["layers"]):
+                    for ti, tl in enumerate(specs[tgt]["layers"]):
+                        if (src, sl) in pos and (tgt, tl) in pos:
+                            reps[first + si * len(specs[tgt]["layers"]) + ti] = b[m].replicates[
+                                :, pos[src, sl], pos[tgt, tl]]
+    if B:
+        log.info("%d bootstrap replicates of %s over the test images in %.1f s", B, boot, time.time() - start)
+    return reps
 
 
 def _try(fn, *args):

@@ -293,8 +293,8 @@ def _cross(a: _View, b: _View, C: np.ndarray) -> np.ndarray:
 class _Chunk:
     """Per-replicate moments of a chunk of count vectors C (m × n), cached per layer and per layer pair."""
 
-    def __init__(self, C: np.ndarray, opts: sim.Options):
-        self.C, self.opts, self.m = C, opts, C.shape[0]
+    def __init__(self, C: np.ndarray, opts: sim.Options, debiased: bool = False):
+        self.C, self.opts, self.m, self.debiased = C, opts, C.shape[0], debiased
         self.distinct = (C > 0).sum(1)
         self._cache: dict[Any, Any] = {}
 
@@ -337,11 +337,14 @@ class _Chunk:
         tol = 16 * np.maximum(self.N(v), v.p) * np.finfo(float).eps
         return (w[np.arange(self.m), r - 1] > tol * w[:, 0]) & (r < self.distinct * v.k - 1)
 
-    def terms(self, a: _View, b: _View, debiased: bool) -> dict[str, np.ndarray]:
+    def terms(self, a: _View, b: _View) -> dict[str, np.ndarray]:
         """Per-replicate sums over the resampled rows, w = the row's image count, K = Z_aZ_aᵀ, L = Z_bZ_bᵀ,
-        d = diag K, e = diag L, Q = K∘L:  S1 = wᵀQw, T1 = Σ w(Kw)(Lw), tK = wᵀKw, tL = wᵀLw and, for the
-        debiased index, S2 = wᵀQw², S3 = (w²)ᵀQw², T2 = Σ w²(Kw)(Lw), Ej = Σ wʲde, Fxj = Σ wʲe(Kw),
-        Fyj = Σ wʲd(Lw), Dx2 = Σ w²d, Dy2 = Σ w²e — from the n × n Grams (`_gram`) or from the basis."""
+        d = diag K, e = diag L, Q = K∘L:  S1 = wᵀQw, T1 = Σ w(Kw)(Lw), tK = wᵀKw, tL = wᵀLw and, when the chunk
+        computes the debiased index (once for both CKAs), S2 = wᵀQw², S3 = (w²)ᵀQw², T2 = Σ w²(Kw)(Lw),
+        Ej = Σ wʲde, Fxj = Σ wʲe(Kw), Fyj = Σ wʲd(Lw), Dx2 = Σ w²d, Dy2 = Σ w²e — from the n × n Grams
+        (`_gram`) or from the basis."""
+        debiased = self.debiased
+
         def make() -> dict[str, np.ndarray]:
             C = self.C
             pw = self._get("powers", lambda: dict(zip((1, 2, 3, 4), _powers(C)))) if debiased else {}
@@ -369,7 +372,7 @@ class _Chunk:
             if debiased:
                 out.update(Dx2=pw[2] @ a.D, Dy2=pw[2] @ b.D)
             return out
-        return self._get(("terms", id(a), id(b), debiased), make)
+        return self._get(("terms", id(a), id(b)), make)
 
 
 def _powers(C: np.ndarray) -> list[np.ndarray]:
@@ -379,7 +382,7 @@ def _powers(C: np.ndarray) -> list[np.ndarray]:
 
 def _cka(q: _Chunk, a: _View, b: _View) -> np.ndarray:
     def g2(x: _View, y: _View) -> np.ndarray:  # ‖G_xy‖²_F = ‖M‖² − 2 tᵀMt/N + ‖t_x‖²‖t_y‖²/N²
-        t, N = q.terms(x, y, False), q.N(x)
+        t, N = q.terms(x, y), q.N(x)
         return t["S1"] - 2 * t["T1"] / N + t["tK"] * t["tL"] / N**2
     return g2(a, b) / np.sqrt(g2(a, a) * g2(b, b))
 
@@ -393,7 +396,7 @@ def _cka_debiased(q: _Chunk, a: _View, b: _View) -> np.ndarray:
     P4 = W[0]**4 - 6 * W[0]**2 * W[1] + 3 * W[1]**2 + 8 * W[0] * W[2] - 6 * W[3]
 
     def hsic(x: _View, y: _View) -> np.ndarray:
-        t = q.terms(x, y, True)
+        t = q.terms(x, y)
         pairs, Q12, Q22 = t["S1"] - t["E2"], t["S2"] - t["E3"], t["S3"] - t["E4"]  # with Q̃ = Q − diag(de)
         w1 = t["T1"] - t["Fx2"] - t["Fy2"] + t["E3"]  # Σ w(K̃w)(L̃w)
         w2 = t["T2"] - t["Fx3"] - t["Fy3"] + t["E4"]  # Σ w²(K̃w)(L̃w)
@@ -501,7 +504,8 @@ def _chunk_size(vp: Sequence[tuple[_View, _View]], measures: Sequence[str]) -> i
 
 def index_bootstrap(stats_a: Sequence[sim.Stats], stats_b: Sequence[sim.Stats],
                     measures: Sequence[str] = ("lcka",), *, replicates: int = 1000, seed: int = 0,
-                    counts: np.ndarray | None = None, jackknife: bool = True, regularization: float = 0.0,
+                    counts: np.ndarray | None = None, jackknife: bool = True,
+                    pairs: Sequence[tuple[int, int]] | None = None, regularization: float = 0.0,
                     svcca_variance: float = 0.99, svcca_dims: int | None = None,
                     pwcca_count: str = "rank") -> dict[str, Bootstrap]:
     """Bootstrap over test images of every measure for every layer pair, from the layers' statistics
@@ -509,16 +513,19 @@ def index_bootstrap(stats_a: Sequence[sim.Stats], stats_b: Sequence[sim.Stats],
     Bootstrap with estimate (len_a, len_b), replicates (B, len_a, len_b), jackknife (n, len_a, len_b)}.
 
     ``counts``: your own (B, n) count vectors (default `resample_counts(n, replicates, seed)`, the workflow's);
-    ``jackknife``: also compute the n leave-one-image-out values (for BCa; n more evaluations).  Options as for
-    `stitchlib.similarity.pairwise`; replicates the index cannot have (see "Rank on resamples") are NaN.
+    ``jackknife``: also compute the n leave-one-image-out values (for BCa; n more evaluations); ``pairs``: only
+    these (i, j) entries (the others NaN; each layer's per-replicate moments are computed once for all).
+    Options as for `stitchlib.similarity.pairwise`; replicates the index cannot have (see "Rank on resamples")
+    are NaN.
     """
     unknown = [m for m in measures if m not in _KERNELS]
     if unknown or isinstance(measures, str):
         raise ValueError(f"unknown measure(s) {unknown or measures!r}; known: {list(_KERNELS)}")
     opts = sim.Options(regularization, svcca_variance, svcca_dims, pwcca_count)
+    pairs = [(i, j) for i in range(len(stats_a)) for j in range(len(stats_b))] if pairs is None else list(pairs)
     views: dict[int, _View] = {}
-    vp = [tuple(views.setdefault(id(s), _View(s)) for s in sim.Paper1Stats.resolve(a, b))
-          for a in stats_a for b in stats_b]
+    vp = [tuple(views.setdefault(id(s), _View(s)) for s in sim.Paper1Stats.resolve(stats_a[i], stats_b[j]))
+          for i, j in pairs]
     for a, b in vp:
         if (a.n, a.k) != (b.n, b.k) or a.n != vp[0][0].n:
             raise ValueError(f"layers {a.st.label} and {b.st.label}: {a.n} and {b.n} images of {a.k} and {b.k} "
@@ -528,11 +535,12 @@ def index_bootstrap(stats_a: Sequence[sim.Stats], stats_b: Sequence[sim.Stats],
     size, shape = _chunk_size(vp, measures), (len(stats_a), len(stats_b), len(measures))
 
     def run(make: Any, total: int) -> np.ndarray:
-        out = []
+        out, (rows, cols) = np.full((total, *shape), np.nan), np.array(pairs).reshape(-1, 2).T
         for lo in range(0, total, size):
-            q = _Chunk(make(lo, min(total, lo + size)), opts)
-            out.append(np.stack([np.stack([_KERNELS[m](q, a, b) for m in measures], -1) for a, b in vp], 1))
-        return np.concatenate(out, 0).reshape(total, *shape)
+            q = _Chunk(make(lo, min(total, lo + size)), opts, "lcka_debiased" in measures)
+            out[lo:lo + size, rows, cols] = np.stack([np.stack([_KERNELS[m](q, a, b) for m in measures], -1)
+                                                      for a, b in vp], 1)
+        return out
 
     est = run(lambda lo, hi: np.ones((1, n)), 1)[0]
     reps = run(lambda lo, hi: C[lo:hi], C.shape[0])
