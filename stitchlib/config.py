@@ -111,7 +111,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def _check_uncertainty(cfg: dict[str, Any]) -> None:
     u = cfg["uncertainty"]
-    for i, m in enumerate(u["indices"]):
+    for i, m in enumerate(u["indices"] or []):
         if m not in cfg["similarity"]["measures"]:
             raise ConfigError(f"uncertainty.indices[{i}]: {m!r} is not computed (similarity.measures: "
                               f"{cfg['similarity']['measures']})")

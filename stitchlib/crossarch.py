@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from stitchlib import catalog, io, pipeline, plotting
+from stitchlib import uncertainty as unc
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,6 @@ def summary(df: pd.DataFrame, correct: np.ndarray | None = None, uncertainty: di
     ``correct`` (rows of ``df`` × test images, each stitch's per-image accuracy) and ``uncertainty``: also each
     mean's interval over the test images (``<relation>_low`` / ``_high``; every stitch on the same resamples).
     The networks are fixed architectures, one seed each: no resampling over them."""
-    from stitchlib import uncertainty as unc
-
     boot = correct is not None and uncertainty is not None and uncertainty["enabled"]
     C = unc.resample_counts(correct.shape[1], uncertainty["replicates"], uncertainty["seed"]) if boot else None
     rows = []

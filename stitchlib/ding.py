@@ -43,6 +43,7 @@ import torch
 
 from stitchlib import catalog, io, pipeline
 from stitchlib import similarity as sim
+from stitchlib import uncertainty as unc
 from stitchlib.stitching import AffineStitch, LeastSquares, evaluate, fit_dm, rows
 from stitchlib.train import pick_device
 
@@ -327,8 +328,6 @@ def summarise(per_group: pd.DataFrame, by: list[str], alpha: float, uncertainty:
     """Mean τ and ρ over groups (e.g. layers), with Fisher's combined one-sided p-value; ``significant`` marks
     p < alpha for each statistic. ``uncertainty`` (enabled): also each mean's interval (``tau_low`` …) over the
     networks, resampled with their layers (`stitchlib.uncertainty.cluster_bootstrap`)."""
-    from stitchlib import uncertainty as unc
-
     boot = uncertainty is not None and uncertainty["enabled"]
     out = []
     for key, g in per_group.groupby([*by, "measure"], sort=False):

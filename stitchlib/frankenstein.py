@@ -33,6 +33,7 @@ import torch
 
 from stitchlib import io, plotting, tasks
 from stitchlib import similarity as sim
+from stitchlib import uncertainty as unc
 from stitchlib.pipeline import check_activations, dm_sample_index, layer_shapes, load_network, new_stitch, stitched
 from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm
@@ -450,8 +451,6 @@ def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any],
     network pairs or runs gets, with ``uncertainty`` enabled, its interval over those units (``low``, ``high``,
     ``over``: each unit resampled with its rows, `stitchlib.uncertainty.cluster_bootstrap`; with 2 network pairs
     this is about the range of the two pairs' means, no more)."""
-    from stitchlib import uncertainty as unc
-
     out = []
 
     def add(study: str, quantity: str, value: float, paper: str = "", over: tuple | None = None) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from stitchlib import catalog, data, hooked, io, models, ood, tasks
 from stitchlib import similarity as sim
+from stitchlib import uncertainty as unc
 from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, evaluate, fit_dm, make_stitch, train_tlm
 from stitchlib.train import accuracy, pick_device, train_network
@@ -363,12 +364,10 @@ def _index_replicates(specs: dict[str, dict], pairs: list[tuple[str, str]], sett
     """Replicates (rows × B, float32) of the indices named in ``uncertainty.indices``; one
     `stitchlib.uncertainty.index_bootstrap` per reshape for every layer pair of every network pair, so each
     layer's per-replicate moments are computed once. NaN elsewhere (and for layers without statistics)."""
-    from stitchlib import uncertainty as unc
-
     u = uncertainty or {"enabled": False}
     B = u["replicates"] if u["enabled"] else 0
     reps, start = np.full((n_rows, B), np.nan, np.float32), time.time()
-    boot = [m for m in settings["measures"] if B and m in u["indices"]]
+    boot = [m for m in settings["measures"] if B and m in (u["indices"] or unc.DEFAULT_INDICES)]
     opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
     for reshape in dict.fromkeys(settings["reshape"][m] for m in boot):
         ms = [m for m in boot if settings["reshape"][m] == reshape]

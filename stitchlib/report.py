@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from stitchlib import catalog, io
+from stitchlib import uncertainty as unc
 
 KEYS = ["setting", "source", "target", "source_arch", "target_arch", "source_layer", "target_layer",
         "source_index", "target_index"]
@@ -51,8 +52,6 @@ def similarity_table(stitching: list[str], indices: list[str], out_csv: str, out
     stitching measures from the per-image terms next to each stitching CSV (relative accuracy paired with the
     receiver's own accuracy on the same resample, DM (struct.) as Σ‖T(a) − b‖² / Σ‖b‖²), the indices from the
     indices jobs' replicates — all from `stitchlib.uncertainty.resample_counts(n, B, seed)`."""
-    from stitchlib import uncertainty as unc
-
     B = uncertainty["replicates"] if uncertainty["enabled"] else 0
     parts, reps = [], []
     if stitching:
@@ -88,8 +87,6 @@ def matrix_intervals(long: pd.DataFrame, replicates: np.ndarray, measure: str, a
     """:func:`mean_matrix` with the interval of each cell's mean over network pairs: replicate b resamples the
     networks (a pair weighs the product of its networks' counts) and applies image resample b to every pair (a
     measure without image replicates keeps its values: networks only). Returns (mean, low, high)."""
-    from stitchlib import uncertainty as unc
-
     mask = ((long.measure == measure) & (long.source_arch == arch) & (long.setting == setting)).to_numpy()
     sub, reps = long[mask], replicates[mask]
     reps = np.where(np.isnan(reps).all(1, keepdims=True), sub["value"].to_numpy(float)[:, None], reps)
@@ -172,8 +169,6 @@ def identification_intervals(long: pd.DataFrame, replicates: np.ndarray, tie_rul
     (``over`` = 'networks'). ``tie_rule`` 'bootstrap': each target's credit is its p_best (images integrated
     into the value; its interval is over networks). Intervals: ``uncertainty.method`` at ``level``.
     """
-    from stitchlib import uncertainty as unc
-
     if tie_rule not in TIE_RULES:
         raise ValueError(f"tables.tie_rule must be one of {TIE_RULES}, not {tie_rule!r}")
     B = replicates.shape[1]
@@ -228,8 +223,10 @@ def table1_markdown(t: pd.DataFrame) -> str:
                                           f" [{r.low:.1f}, {r.high:.1f}]{'†' * (r.over == 'networks')}")
                        for r in t.itertuples()])
     wide = _wide(t, "cell")
-    lines = ["| measure | " + " | ".join(f"{s} {a}" for s, a in wide.columns) + " |", "|---" * (wide.shape[1] + 1) + "|"]
-    lines += [f"| {m} | " + " | ".join(x if isinstance(x, str) else "–" for x in row) + " |" for m, row in wide.iterrows()]
+    lines = ["| measure | " + " | ".join(f"{s} {a}" for s, a in wide.columns) + " |",
+             "|---" * (wide.shape[1] + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join(x if isinstance(x, str) else "–" for x in row) + " |"
+              for m, row in wide.iterrows()]
     return "\n".join(lines) + "\n"
 
 

@@ -13,10 +13,11 @@ Every function takes logits of shape (..., C) and the matching targets (``(...)`
 so a stack of stitches' outputs (K, N, C) against targets expanded to (K, N[, A]) works as well as a plain
 batch. ``loss(..., reduction='none')`` returns one loss per sample (shape ``(...)``); ``correct_each`` returns
 each sample's accuracy (shape ``(...)``; what a bootstrap over test images resamples) and ``correct`` their
-*sum*, so that accuracy = Σ correct / number of samples over any batching. ``soft_loss`` is the distillation loss to a teacher's outputs at temperature T (KL · T²; 0 when
-the logits equal the teacher's), ``soft_cross_entropy`` the cross-entropy to a reference network's output
-distribution (paper 2's Fig. 2). ``accuracy`` takes numpy arrays too (cached logits and labels). A
-dataset's task is ``catalog.DatasetFacts.task``: :func:`for_dataset`.
+*sum*, so that accuracy = Σ correct / number of samples over any batching. ``soft_loss`` is the distillation
+loss to a teacher's outputs at temperature T (KL · T²; 0 when the logits equal the teacher's),
+``soft_cross_entropy`` the cross-entropy to a reference network's output distribution (paper 2's Fig. 2).
+``accuracy`` takes numpy arrays too (cached logits and labels). A dataset's task is
+``catalog.DatasetFacts.task``: :func:`for_dataset`.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 **Resamples.**  A bootstrap replicate draws the n test images with replacement; it is a count vector c ∈ ℕⁿ
 (Σc = n, c_i = how often image i is drawn), row b of `resample_counts(n, B, seed)`.  Row b depends on
-(seed, n, b) only (rows are drawn 64 at a time, the block seeded with (seed, n, b // 64)), so every job of a run — every measure, layer pair, network pair and stitch — sees the same
-resamples: intervals are paired (a difference of two measures can be bootstrapped from their replicates), and
-asking for more replicates keeps the first ones.  The jackknife (for BCa) is the n count vectors 1 − e_i.
+(seed, n, b) only (rows are drawn 64 at a time, the block seeded with (seed, n, b // 64)), so every job of a
+run — every measure, layer pair, network pair and stitch — sees the same resamples: intervals are paired (a
+difference of two measures can be bootstrapped from their replicates), and asking for more replicates keeps the
+first ones.  The jackknife (for BCa) is the n count vectors 1 − e_i.
 Several networks: `network_counts` resamples the networks (seeds) too; a network pair (s, t) weighs c_s·c_t
 (intra: c_s).  Networks are crossed with images (every network sees the same test images), so replicate b
 applies image resample b to every pair it draws (a "pigeonhole" bootstrap, Owen 2007), not nested draws.
@@ -60,7 +61,7 @@ numpy/float64 on the host; statistics held on a device are copied to the host.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,9 +72,11 @@ from stitchlib import catalog
 from stitchlib import similarity as sim
 
 __all__ = ["Bootstrap", "METHODS", "resample_counts", "jackknife_counts", "network_counts", "pair_weights",
-           "pooled", "cluster_bootstrap", "interval", "mean_ratio", "stitch_bootstrap", "index_bootstrap", "permutation_test"]
+           "pooled", "cluster_bootstrap", "interval", "mean_ratio", "stitch_bootstrap", "index_bootstrap",
+           "permutation_test"]
 
 METHODS = ("percentile", "bc", "bca")
+DEFAULT_INDICES = ("lcka", "lcka_debiased")  # resampled over images by default: the Gram route is cheap
 _BUDGET = 2**24  # float64 elements per chunk of per-replicate moments (128 MB)
 _CKA = ("lcka", "lcka_debiased")
 _NEEDS_EIGH = ("pwcca", "mean_cca", "svcca", "r2_lr", "dm_struct")

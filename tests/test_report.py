@@ -70,7 +70,8 @@ def test_table1_intervals_resample_networks_and_images():
     assert t_boot.iloc[0].percent == pytest.approx(100 * (0.75 + 1 + 0 + 0) / 4) and t_boot.iloc[0].over == "networks"
     # no image replicates (NaN rows): intervals over the networks only, and the point rule is unchanged
     t_net, _ = report.identification_intervals(long, np.full_like(flat, np.nan), "strict", U)
-    assert t_net.iloc[0].over == "networks" and t_net.iloc[0].percent == report.identification(long, "strict").percent[0]
+    assert t_net.iloc[0].over == "networks"
+    assert t_net.iloc[0].percent == report.identification(long, "strict").percent[0]
 
 
 def test_heatmap_marks_cells_that_overlap_the_best(tmp_path):

@@ -19,7 +19,9 @@ LAYERS = [
     {"config", "io"},  # the validated config and the artifact store
     {"tasks", "data", "hooked"},  # datasets and scoring; networks of your own
     {"models", "train"},  # the architectures; network training
-    {"stitching", "similarity", "ood", "plotting", "report", "html_report"},  # the computations, tables, figures
+    {"stitching", "similarity", "ood", "plotting"},  # the computations, figures
+    {"uncertainty"},  # the intervals of what they compute
+    {"report", "html_report"},  # tables
     {"pipeline", "api"},  # paper 1's stages; the notebook API
     {"ding", "frankenstein", "crossarch"},  # the studies built on the stages
     {"cli"},

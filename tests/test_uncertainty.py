@@ -70,9 +70,9 @@ def weighted_hsic(K, L, w):
     w2 = w[I2] * w[J2] * (I2 != J2)
     I3, J3, Q3 = np.meshgrid(i, i, i, indexing="ij")
     w3 = w[I3] * w[J3] * w[Q3] * (I3 != J3) * (I3 != Q3) * (J3 != Q3)
-    I, J, Q, R = np.meshgrid(i, i, i, i, indexing="ij")
-    w4 = w[I] * w[J] * w[Q] * w[R] * (I != J) * (I != Q) * (I != R) * (J != Q) * (J != R) * (Q != R)
-    return ((w2 * K * L).sum() / w2.sum() + (w4 * K[I, J] * L[Q, R]).sum() / w4.sum()
+    I4, J4, Q4, R4 = np.meshgrid(i, i, i, i, indexing="ij")
+    w4 = w[I4] * w[J4] * w[Q4] * w[R4] * (I4 != J4) * (I4 != Q4) * (I4 != R4) * (J4 != Q4) * (J4 != R4) * (Q4 != R4)
+    return ((w2 * K * L).sum() / w2.sum() + (w4 * K[I4, J4] * L[Q4, R4]).sum() / w4.sum()
             - 2 * (w3 * K[I3, J3] * L[I3, Q3]).sum() / w3.sum())
 
 
