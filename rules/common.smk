@@ -2,8 +2,10 @@
 # Nothing here scans the filesystem: every cluster job re-parses this file.
 
 import sys
+import warnings
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under --software-deployment-method conda
 
@@ -12,9 +14,13 @@ from stitchlib.pipeline import network_spec
 from stitchlib.report import INDEX_LABELS, MEASURES
 
 try:
-    config.update(sconf.validate(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sconf.ConfigWarning)
+        config.update(sconf.validate(config))
 except sconf.ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
+for w in caught:  # loud, before any job: values that run but mislead
+    logger.warning(f"config warning: {w.message}")
 
 R = config["results"]
 THREADS = config["threads"]
@@ -89,9 +95,10 @@ def table1(dataset):
     return [f"{R}/tables/{dataset}/table1.csv", f"{R}/tables/{dataset}/table1.md"]
 
 
-def detectors(dataset, net):
+def detectors(dataset, net, ext="pt"):
+    """Every layer's detector weights (ext pt) or spec (ext json)."""
     arch = sconf.parse_network(net)[0]
-    return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.pt" for layer in sconf.layers(config, arch)]
+    return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.{ext}" for layer in sconf.layers(config, arch)]
 
 
 def ood_score_files(dataset, ext):

@@ -58,6 +58,7 @@ rule ood_scores:
         tgt_test=lambda w: acts(w.dataset, w.tgt, "test"),
         tgt_heldout=lambda w: acts(w.dataset, w.tgt, "heldout"),
         detectors=lambda w: detectors(w.dataset, w.tgt),
+        detector_specs=lambda w: detectors(w.dataset, w.tgt, "json"),
     output:
         csv=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.csv" for m in config["stitching"]["methods"]],
         npz=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.npz" for m in config["stitching"]["methods"]],

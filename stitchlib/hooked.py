@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import inspect
 import time
+import typing
 from typing import Any, Callable, Iterator
 
 import torch
@@ -45,10 +47,12 @@ class _Captured(BaseException):
 
 
 def resolve_factory(factory: str) -> Callable[..., nn.Module]:
-    """The callable named ``package.module.attr`` or ``package.module:attr`` (``attr`` may be dotted)."""
-    module, sep, attr = factory.partition(":")
-    if not sep:
-        module, _, attr = factory.rpartition(".")
+    """The callable named ``package.module.attr`` or ``package.module:attr`` (``attr`` may be dotted), checked before
+    it is called: under the allow-list of untrusted configs (README: Trust model); a class must be an ``nn.Module``;
+    a built-in function (``os.system``) is refused; a declared return type must be an ``nn.Module``."""
+    if (refused := catalog.factory_refusal(factory)) is not None and catalog.factory_allowlist() is not None:
+        raise ValueError(f"params.factory: {refused}")
+    module, attr = catalog.split_factory(factory)
     try:
         obj: Any = importlib.import_module(module)
     except ImportError as e:
@@ -62,6 +66,21 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
         obj = getattr(obj, name)
     if not callable(obj):
         raise ValueError(f"params.factory: {factory} is not callable")
+    if isinstance(obj, type):
+        declared = obj
+    elif inspect.isbuiltin(obj) or not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+        raise ValueError(f"params.factory: {factory} is a {type(obj).__name__}, not a Python function or an "
+                         "nn.Module class: it cannot build a network")
+    else:
+        try:
+            declared = typing.get_type_hints(obj).get("return")
+        except Exception:  # noqa: BLE001 - an unresolvable annotation says nothing either way
+            declared = None
+    declared = typing.get_origin(declared) or declared  # List[str] → list
+    if isinstance(declared, type) and not issubclass(declared, nn.Module):
+        raise ValueError(f"params.factory: {factory} " + (f"is the class {declared.__name__}, not a torch.nn.Module"
+                                                           if declared is obj else f"is declared to return "
+                                                           f"{declared.__name__}, not a torch.nn.Module"))
     return obj
 
 
@@ -82,7 +101,12 @@ class HookedNetwork(models.Stitchable):
     @classmethod
     def build(cls, factory: str, kwargs: dict[str, Any], points: list[str], input_shape: tuple[int, ...],
               num_classes: int | None = None, names: list[str] | None = None) -> "HookedNetwork":
-        model = resolve_factory(factory)(**kwargs)
+        make = resolve_factory(factory)
+        try:
+            model = make(**kwargs)
+        except Exception as e:  # a typo in kwargs, sizes the network refuses: the key, not a traceback
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise ValueError(f"params.kwargs: {factory}(**{kwargs}) failed: {type(e).__name__}: {first}") from e
         if not isinstance(model, nn.Module):
             raise ValueError(f"params.factory: {factory}(**kwargs) returned a {type(model).__name__}, not a "
                              "torch.nn.Module")
@@ -224,7 +248,7 @@ def import_network(spec: dict[str, Any], ckpt: str, metrics: str, device: str = 
     path = catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
     dev, start = pick_device(device), time.time()
     net = pipeline.build_network(spec)
-    state = io.load_state_dict(path)
+    state = io.load_state_dict(path, artifact=False)  # a file of your own: no checksum recorded
     try:
         net.model.load_state_dict(state)
     except RuntimeError as e:

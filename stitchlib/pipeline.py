@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from stitchlib import config as sconf
-from stitchlib import data, io, models, report, tasks
+from stitchlib import catalog, data, io, models, report, tasks
 from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, evaluate, fit_dm, make_stitch, train_tlm
 from stitchlib.train import pick_device, train_network
@@ -44,8 +44,8 @@ def build_network(spec: dict[str, Any]) -> models.Stitchable:
     try:
         return models.build(spec["family"], num_classes=spec["num_classes"], image_size=spec["image_size"],
                             **spec["params"])
-    except ValueError as e:  # a network of your own: its errors start with the key under params (stitchlib.hooked)
-        if spec["family"] == "custom" and str(e).startswith("params"):
+    except ValueError as e:  # errors start with the key under the architecture (catalog, stitchlib.hooked)
+        if str(e).startswith(("params", "family")):
             raise ValueError(f"architectures.{spec['arch']}.{e}") from None
         raise
 
@@ -72,6 +72,43 @@ def check_activations(spec: dict[str, Any], *paths: str) -> None:
     the shapes the network produces (the error names the file, the layer and both shapes)."""
     for path in paths:
         io.check_layer_shapes(path, expected_shapes(spec))
+
+
+def check_buildable(cfg: dict[str, Any]) -> None:
+    """What the torch-free config check cannot know, found by building (``stitchlib check-config``): every
+    network of the config for every dataset, with one forward pass, a network of your own with each of its
+    state dicts loaded, and the OOD detector of every layer. Raises ``config.ConfigError`` naming the key."""
+    from stitchlib import ood
+
+    for ds in cfg["datasets"]:
+        for arch, a in cfg["architectures"].items():
+            where, seeds = f"architectures.{arch}", sconf.network_seeds(cfg, arch)
+            if not seeds:
+                continue  # no study uses it
+            spec = network_spec(cfg, ds, sconf.network_id(arch, seeds[0]))
+            try:
+                net, shapes = build_network(spec), expected_shapes(spec)
+                for seed in seeds if a["family"] == "custom" else []:
+                    path = catalog.state_dict_file(a["params"], seed, ds)
+                    try:
+                        net.model.load_state_dict(io.load_state_dict(path, artifact=False))
+                    except RuntimeError as e:
+                        raise ValueError(f"params.state_dict: {path} does not fit {a['params']['factory']}: "
+                                         f"{str(e).strip()[:500]}") from None
+            except ValueError as e:
+                raise sconf.ConfigError(str(e) if str(e).startswith(where) else f"{where}.{e}") from None
+            except Exception as e:  # noqa: BLE001 - a failure the catalog facts do not foresee: name the network
+                raise sconf.ConfigError(f"{where}: building it for dataset {ds} (image size {spec['image_size']}) "
+                                        f"failed: {type(e).__name__}: {e}") from None
+            if not (cfg["ood"]["enabled"] and arch in sconf.matrix_architectures(cfg)):
+                continue
+            layout = net.layout
+            for layer, shape in shapes.items():
+                try:
+                    ood.build_detector(layout, shape, spec["num_classes"], **cfg["ood"]["detector"][layout])
+                except Exception as e:  # noqa: BLE001
+                    raise sconf.ConfigError(f"ood.detector.{layout}: the detector of {arch} layer {layer} "
+                                            f"{shape} cannot be built: {type(e).__name__}: {e}") from None
 
 
 def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -> models.Stitchable:
@@ -368,13 +405,15 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
                              "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
 
 
-def load_detector(pt: str, device: torch.device):
-    import json
-
+def load_detector(pt: str, spec_json: str, device: torch.device):
+    """A trained detector from its weights ``pt`` and its spec ``spec_json`` (both written by train_detector)."""
     from stitchlib import ood
 
-    spec = json.loads(Path(pt).with_suffix(".json").read_text())["detector"]
-    return models.fold_batchnorm(ood.load_detector(spec, io.load_state_dict(pt)).to(device))  # frozen: BN folded
+    spec = io.read_json(spec_json)
+    if not isinstance(spec, dict) or "detector" not in spec:
+        raise ValueError(f"{spec_json} is not a detector spec (no 'detector' key); delete it and rerun the job that "
+                         "wrote it")
+    return models.fold_batchnorm(ood.load_detector(spec["detector"], io.load_state_dict(pt)).to(device))  # BN folded
 
 
 @torch.no_grad()
@@ -388,8 +427,10 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
              device: str = "auto") -> None:
     """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
-    stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``outputs`` to its (CSV, NPZ):
-    each target layer's detector is loaded, and scores the receiver's own and held-out activations, once for all."""
+    stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``inputs['detectors']`` and
+    ``['detector_specs']`` list each target layer's detector weights and JSON, ``outputs`` maps each method to its
+    (CSV, NPZ): each target layer's detector is loaded, and scores the receiver's own and held-out activations,
+    once for all."""
     from stitchlib import ood
 
     dev = pick_device(device)
@@ -399,8 +440,8 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
                 for m, pt in inputs["stitches"].items()}
     sources = {sl: io.read_layer(inputs["src_test"], sl) for sl in src_spec["layers"]}
     rows, energies = {m: [] for m in stitches}, {m: {} for m in stitches}
-    for ti, (tl, det_pt) in enumerate(zip(tgt_spec["layers"], inputs["detectors"])):
-        det = load_detector(det_pt, dev)
+    for ti, tl in enumerate(tgt_spec["layers"]):
+        det = load_detector(inputs["detectors"][ti], inputs["detector_specs"][ti], dev)
         e_in = ood.energy(det, io.read_layer(inputs["tgt_test"], tl))
         e_heldout = ood.energy(det, io.read_layer(inputs["tgt_heldout"], tl))
         for method, st in stitches.items():

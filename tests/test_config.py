@@ -1,5 +1,6 @@
 import copy
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ import yaml
 from stitchlib import config as sconf
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_dag  # noqa: E402
+
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
 
 
@@ -118,8 +122,7 @@ def test_paper1_config_validates_against_a_cifar_layout(tmp_path):
         (tmp_path / "cifar-10-batches-py" / f).touch()
     with pytest.raises(sconf.ConfigError, match="ood.outliers.path"):
         sconf.validate(raw)
-    raw["ood"]["outliers"]["path"] = str(tmp_path / "300K.npy")
-    (tmp_path / "300K.npy").touch()
+    raw["ood"]["outliers"]["path"] = bench_dag.fake_outliers(tmp_path / "300K.npy")
     cfg = sconf.validate(raw)
     assert cfg["similarity"]["samples"] == 1000 and cfg["ood"]["detector"]["conv"]["width"] == 64
     assert len(sconf.networks(cfg)) == 20

@@ -102,6 +102,9 @@ def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path, cut):
     io.save_state_dict(p, {"conv.weight": torch.randn(16, 3, 3, 3), "fc.bias": torch.zeros(10)})
     b = p.read_bytes()
     p.write_bytes({"empty": b"", "half": b[:len(b) // 2], "last_bytes": b[:-10], "not_torch": b"key,value\n1,2\n"}[cut])
+    with pytest.raises(io.IntegrityError, match=rf"{re.escape(str(p))} changed after .* --forcerun {re.escape(str(p))}"):
+        io.load_state_dict(p)  # its recorded size and sha256 differ
+    io.checksum_path(p).unlink()  # without a record (older files), torch's own reading still refuses it
     with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(p))} is truncated or corrupt .*delete it"):
         io.load_state_dict(p)
 
@@ -157,6 +160,10 @@ def test_truncated_or_foreign_activation_file_is_refused(tmp_path, tiny_cfg, kin
         with pytest.raises(ValueError, match=r"\.test\.h5\..*\.tmp is not a complete stitchlib activation file"):
             io.open_activations(io.temp_files_of(p)[0])  # even read by mistake, the temp file is refused
         expected = r"activation file .*test\.h5 does not exist"
+    if kind != "killed_writer_temp":  # the recorded size and sha256 differ first
+        with pytest.raises(io.IntegrityError, match=r"test\.h5 changed after .* wrote it"):
+            pipeline.check_activations(s, str(p))
+        io.checksum_path(p).unlink()  # without a record (older files), the HDF5 checks still refuse it
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
         pipeline.check_activations(s, str(p))
 
