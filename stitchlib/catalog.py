@@ -236,7 +236,7 @@ def factory_refusal(factory: str) -> str | None:
     module, attr = split_factory(factory)
     allowed = factory_allowlist()
     if allowed is not None and not (any(module == m or module.startswith(m + ".") for m in allowed)
-                                    and not any(a.startswith("_") for a in attr.split("."))):
+                                    and not any(a.startswith("_") for a in f"{module}.{attr}".split("."))):
         return (f"{factory} is not allowed: {UNTRUSTED_ENV} is set, so a factory must be a public callable under "
                 f"{', '.join(allowed)} (extend the list with {ALLOWED_ENV}=module,module)")
     return module_problem(module)

@@ -26,6 +26,7 @@ import difflib
 import importlib
 import inspect
 import time
+import types
 import typing
 from typing import Any, Callable, Iterator
 
@@ -76,7 +77,8 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
             declared = typing.get_type_hints(obj).get("return")
         except Exception:  # noqa: BLE001 - an unresolvable annotation says nothing either way
             declared = None
-    declared = typing.get_origin(declared) or declared  # List[str] → list
+    origin = typing.get_origin(declared)  # List[str] → list; a Union says nothing the call will not tell
+    declared = None if origin in (typing.Union, types.UnionType) else origin or declared
     if isinstance(declared, type) and not issubclass(declared, nn.Module):
         raise ValueError(f"params.factory: {factory} " + (f"is the class {declared.__name__}, not a torch.nn.Module"
                                                            if declared is obj else f"is declared to return "

@@ -16,6 +16,7 @@ from stitchlib import catalog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_dag  # noqa: E402
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 pytestmark = pytest.mark.workflow
 
