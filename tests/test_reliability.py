@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -38,7 +39,7 @@ def tiny_cfg():
 
 
 def spec(cfg, net="rn-s0"):
-    return pipeline.network_spec(cfg, "digits", net)
+    return sconf.network_spec(cfg, "digits", net)
 
 
 def write_h5(path, layers: dict[str, np.ndarray], layout="conv"):
@@ -102,7 +103,8 @@ def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path, cut):
     io.save_state_dict(p, {"conv.weight": torch.randn(16, 3, 3, 3), "fc.bias": torch.zeros(10)})
     b = p.read_bytes()
     p.write_bytes({"empty": b"", "half": b[:len(b) // 2], "last_bytes": b[:-10], "not_torch": b"key,value\n1,2\n"}[cut])
-    with pytest.raises(io.IntegrityError, match=rf"{re.escape(str(p))} changed after .* --forcerun {re.escape(str(p))}"):
+    name = re.escape(str(p))
+    with pytest.raises(io.IntegrityError, match=rf"{name} changed after .* --forcerun {name}"):
         io.load_state_dict(p)  # its recorded size and sha256 differ
     io.checksum_path(p).unlink()  # without a record (older files), torch's own reading still refuses it
     with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(p))} is truncated or corrupt .*delete it"):
@@ -288,8 +290,9 @@ def test_a_flipped_byte_in_a_checkpoints_tensor_data_is_refused_naming_the_job_t
     flip_byte(p, tensor_data_offset(p) + 401)
     changed = torch.load(p, weights_only=True)["conv.weight"]  # what loaded silently before: other weights
     assert not torch.equal(before, changed)
-    with pytest.raises(io.IntegrityError, match=rf"{re.escape(str(p))} changed after rule train \(dataset=digits, "
-                                                rf"net=rn-s0\) wrote it \(its sha256 is .* --forcerun {re.escape(str(p))}"):
+    name = re.escape(str(p))
+    with pytest.raises(io.IntegrityError, match=rf"{name} changed after rule train \(dataset=digits, net=rn-s0\) "
+                                                rf"wrote it \(its sha256 is .* --forcerun {name}"):
         io.load_state_dict(p)
 
 
@@ -543,7 +546,19 @@ def test_a_corrupt_input_fails_its_job_only_and_the_advised_command_recomputes_i
     assert targets[0].read_bytes() == (reference / "stitching/digits/dm/rn-s0__rn-s0.csv").read_bytes()
 
 
-def test_every_file_the_ood_scores_job_reads_is_declared(workflow_rules):
+def test_every_file_the_ood_scores_job_reads_is_declared(tmp_path):
     """It loads each target layer's detector weights and its JSON spec: both are inputs (a changed spec reruns it)."""
-    (rule,) = [r for r in workflow_rules if r.name == "ood_scores"]
-    assert "detector_specs" in rule.input._names and "detectors" in rule.input._names
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile",
+                          config_settings=ConfigSettings(configfiles=[TINY], config={"results": "results"}),
+                          workdir=tmp_path)
+        (rule,) = [r for r in wf._workflow.rules if r.name == "ood_scores"]
+        (inputs,) = rule.input  # unpack(ood_score_inputs)
+        function = getattr(inputs._file, "callable", None) or inputs._file
+        files = function(SimpleNamespace(dataset="digits", src="rn-s0", tgt="rn-s1"))
+    layers = ["layer1.0", "layer2.1", "layer3.1", "layer4.1"]
+    assert files["detectors"] == [f"results/ood/digits/detectors/rn-s1/{x}.pt" for x in layers]
+    assert files["detector_specs"] == [f"results/ood/digits/detectors/rn-s1/{x}.json" for x in layers]

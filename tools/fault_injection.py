@@ -11,8 +11,8 @@
 3. **Audit after each kill.** Every file under the results folder (logs aside) must be either a temporary file of
    :func:`stitchlib.io.atomic_path` (``.<name>.<random>.tmp``; counted, never read by any rule) or a complete
    artifact: HDF5 with its ``complete`` attribute and every dataset readable, checkpoints loaded with
-   ``weights_only=True`` (these and JSON checked against their recorded sha256), CSV/JSON/NPZ/PNG parsed in full, and every CSV or Markdown table byte-identical to the
-   reference's (a truncated table would differ).
+   ``weights_only=True`` (these, HDF5 and JSON checked against their recorded sha256), CSV/JSON/NPZ/PNG parsed in
+   full, and every CSV or Markdown table byte-identical to the reference's (a truncated table would differ).
 4. **Resume** as a user would: ``snakemake --unlock``, then the same command with ``--rerun-incomplete``.
 5. **Compare.** The resumed run must hold exactly the reference's files, no temporary file, and every CSV and
    Markdown table byte-identical to the reference's (CPU runs are deterministic).
