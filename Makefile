@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python bench/bench_tlm.py
 	$(BIN)/python bench/bench_similarity.py --quick
 	$(BIN)/python bench/bench_dag.py
+	$(BIN)/python bench/bench_integrity.py
 
 bench-full: venv
 	$(BIN)/python bench/bench_similarity.py

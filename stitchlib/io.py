@@ -169,8 +169,8 @@ def checksum_path(path: str | os.PathLike) -> Path:
 
 def set_job(writer: str, hash_limit_mb: int | None = None) -> None:
     """Name the job that writes artifacts from now on (recorded beside each), and the size up to which an artifact
-    read is hashed in full (config ``integrity.hash_limit_mb``; larger ones are checked by size, and activation
-    files by HDF5's checksum of each chunk read). Workflow jobs call it first (workflow_scripts/_runner.py)."""
+    read is hashed in full (config ``integrity.hash_limit_mb``; larger ones are checked by size only). Workflow jobs
+    call it first (workflow_scripts/_runner.py)."""
     _JOB["writer"] = writer
     if hash_limit_mb is not None:
         _JOB["hash_limit"] = hash_limit_mb << 20
@@ -315,7 +315,6 @@ class ActivationWriter:
     def __init__(self, path: str | os.PathLike, n: int, attrs: dict[str, Any], chunk: int = 256,
                  dtype: str = "float32"):
         self.path, self.n, self.attrs, self.chunk, self.dtype = Path(path), n, attrs, chunk, dtype
-        self.fletcher32 = False  # per-chunk checksums, for files too large to hash in full (set by the first batch)
         self._ctx = atomic_path(self.path, checksum=True)
         self._tmp = self._ctx.__enter__()
         self.f = h5py.File(self._tmp, "w")
@@ -325,17 +324,13 @@ class ActivationWriter:
     def _dataset(self, name: str, sample_shape: tuple, dtype, **attrs) -> h5py.Dataset:
         if name not in self.f:
             chunks = (min(self.chunk, self.n), *sample_shape)
-            d = self.f.create_dataset(name, shape=(self.n, *sample_shape), dtype=dtype, chunks=chunks,
-                                      fletcher32=self.fletcher32)
+            d = self.f.create_dataset(name, shape=(self.n, *sample_shape), dtype=dtype, chunks=chunks)
             d.attrs.update(attrs)
         return self.f[name]
 
     def append(self, labels: np.ndarray, logits: np.ndarray, layers: dict[str, np.ndarray],
                layouts: dict[str, str]) -> None:
         b = len(labels)
-        if self.pos == 0:  # HDF5 checksums every chunk of a file larger than the hash limit (io.verify checks its size)
-            per_sample = sum(a[0].size for a in layers.values()) * np.dtype(self.dtype).itemsize + logits[0].nbytes
-            self.fletcher32 = self.n * per_sample > _JOB["hash_limit"]
         sl = slice(self.pos, self.pos + b)
         self._dataset("labels", labels.shape[1:], "int64")[sl] = labels  # (N,) classes or (N, A) attributes
         self._dataset("logits", logits.shape[1:], "float32")[sl] = logits
@@ -405,11 +400,7 @@ def read_layer(path: str | os.PathLike, layer: str, index: np.ndarray | slice | 
         if layer not in f["layers"]:
             raise KeyError(f"{path}: no layer {layer!r}; layers are {list(f['layers'])}")
         d = f["layers"][layer]
-        try:
-            a = d[()] if index is None else d[index]
-        except OSError as e:  # e.g. a chunk whose Fletcher-32 checksum fails
-            raise IntegrityError(f"{path}: layer {layer!r} cannot be read ({e}): the file is corrupt. Recompute it "
-                                 f"and everything that depends on it: snakemake --cores N --forcerun {path}") from None
+        a = d[()] if index is None else d[index]
     a = np.asarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
         bad = a.size - int(np.isfinite(a).sum())
