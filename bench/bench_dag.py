@@ -32,6 +32,17 @@ def fake_layout(name: str, root: Path) -> None:
         path.touch()
 
 
+def fake_outliers(path: Path, n: int = 300000) -> str:
+    """A .npy header of n 32×32 RGB uint8 images and a sparse file of their size (the config check reads the
+    header and the size only)."""
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32, 3)})
+        f.truncate(f.tell() + n * 32 * 32 * 3)
+    return str(path)
+
+
 def fake_config(path: Path, work: Path, seeds: int | None = None) -> Path:
     raw = yaml.safe_load(path.read_text())
     if seeds:
@@ -42,8 +53,7 @@ def fake_config(path: Path, work: Path, seeds: int | None = None) -> Path:
         d["root"] = str(root)
     outliers = raw.get("ood", {}).get("outliers", {})
     if outliers.get("source") == "npy":
-        (work / "300K.npy").touch()
-        outliers["path"] = str(work / "300K.npy")
+        outliers["path"] = fake_outliers(work / "300K.npy")
     out = work / f"{path.stem}{f'-{seeds}seeds' if seeds else ''}.yaml"
     out.write_text(yaml.safe_dump(raw))
     return out

@@ -13,6 +13,9 @@ import yaml
 from stitchlib import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_dag  # noqa: E402
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 pytestmark = pytest.mark.workflow
 
@@ -167,8 +170,7 @@ def _fake_data(tmp_path, raw: dict) -> dict:
             (root / p).touch()
         d["root"] = str(root)
     if raw.get("ood", {}).get("outliers", {}).get("source") == "npy":
-        (tmp_path / "300K.npy").touch()
-        raw["ood"]["outliers"]["path"] = str(tmp_path / "300K.npy")
+        raw["ood"]["outliers"]["path"] = bench_dag.fake_outliers(tmp_path / "300K.npy")
     return raw
 
 
