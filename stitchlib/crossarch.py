@@ -227,7 +227,7 @@ def report(jobs: list[tuple[str, str, str, str]], csvs: dict[str, list[str]], sp
     io.write_csv(df, outputs["table"])
     correct = None
     if uncertainty is not None and uncertainty["enabled"]:
-        correct = np.concatenate([np.load(Path(p).with_suffix(".npz"))["correct"] for m in csvs for p in csvs[m]])
+        correct = np.concatenate([io.read_npz(Path(p).with_suffix(".npz"))["correct"] for m in csvs for p in csvs[m]])
     t = summary(df, correct, uncertainty)
     io.write_csv(t, outputs["summary_csv"])
     io.write_text(outputs["summary_md"], "# Cross-architecture stitching (paper 3)\n\n" + summary_markdown(t))

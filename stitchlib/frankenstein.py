@@ -540,8 +540,7 @@ def figures(inputs: dict[str, list[str]], settings: dict[str, Any], figure_paths
                   hue="penalty")
     _fig_inits(results["inits"], figure_paths["fig6_inits"], plt)
     _fig_low_rank(results["lowrank"], figure_paths["fig7_low_rank"], plt)
-    with np.load(inputs["matrices"][0]) as z:
-        mats = dict(z)
+    mats = io.read_npz(inputs["matrices"][0])
     _fig_sparsity(results["sparsity"], mats, figure_paths["fig8_sparsity"], plt)
     inits = results["inits"]
     m = settings["mode_connectivity"]

@@ -34,6 +34,7 @@ import re
 import subprocess
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,21 @@ def write_csv(df, path: str | os.PathLike) -> None:
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
-    """Write named numpy arrays as an (uncompressed) .npz atomically."""
-    with atomic_path(path) as tmp:
+    """Write named numpy arrays as an (uncompressed) .npz atomically, its checksum recorded (jobs read them back:
+    :func:`read_npz`)."""
+    with atomic_path(path, checksum=True) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz artifact, verified (:func:`verify`; no pickled objects are loaded)."""
+    verify(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return dict(z)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz ({e}); delete it and rerun the job that wrote it") from None
 
 
 def _jsonable(x: Any) -> Any:

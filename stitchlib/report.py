@@ -58,16 +58,15 @@ def similarity_table(stitching: list[str], indices: list[str], out_csv: str, out
         df = pd.concat([pd.read_csv(p) for p in stitching], ignore_index=True)
         cols = {"relative_accuracy": [], "struct": []}
         for p in stitching:
-            with np.load(Path(p).with_suffix(".npz")) as z:
-                C = unc.resample_counts(z["receiver"].shape[-1], B, uncertainty["seed"])
-                cols["relative_accuracy"].append(unc.mean_ratio(z["correct"], z["receiver"], C).T)
-                cols["struct"].append(unc.mean_ratio(z["err"], z["norm"], C).T)
+            z = io.read_npz(Path(p).with_suffix(".npz"))
+            C = unc.resample_counts(z["receiver"].shape[-1], B, uncertainty["seed"])
+            cols["relative_accuracy"].append(unc.mean_ratio(z["correct"], z["receiver"], C).T)
+            cols["struct"].append(unc.mean_ratio(z["err"], z["norm"], C).T)
         long, r = stitching_long(df, {k: np.concatenate(v) for k, v in cols.items()})
         parts, reps = [long], [r.astype(np.float32)]
     for p in indices:
         parts.append(pd.read_csv(p))
-        with np.load(Path(p).with_suffix(".npz")) as z:
-            r = z["replicates"]
+        r = io.read_npz(Path(p).with_suffix(".npz"))["replicates"]
         reps.append(r if r.shape[1] == B else np.full((len(parts[-1]), B), np.nan, np.float32))
     io.write_npz(out_npz, {"replicates": np.concatenate(reps)})
     io.write_csv(pd.concat(parts, ignore_index=True), out_csv)

@@ -1,16 +1,15 @@
-import numpy as np
 import pandas as pd
 from _runner import run
 
-from stitchlib import catalog, plotting, report
+from stitchlib import catalog, io, plotting, report
 
 
 def job(sm):
     tables, u = {}, sm.params.uncertainty
     for (dataset, measure, arch, setting), path in zip(sm.params.figures, sm.output):
         if dataset not in tables:
-            with np.load(sm.input[f"{dataset}_replicates"]) as z:
-                tables[dataset] = pd.read_csv(sm.input[dataset]), z["replicates"]
+            reps = io.read_npz(sm.input[f"{dataset}_replicates"])["replicates"]
+            tables[dataset] = pd.read_csv(sm.input[dataset]), reps
         long, reps = tables[dataset]
         x = catalog.measure(measure)
         title = f"{measure} ({x.quantity}), {arch}, {setting}-network"

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from _runner import run
 
@@ -20,7 +19,7 @@ def job(sm):
                                     f"{method.upper()}: {arch}, {setting}-network (mean over network pairs)")
     for method, net, layer in sm.params.energy_plots:
         npz = next(p for p in sm.input.energies if f"/{method}/{net}__{net}.npz" in p)
-        e = dict(np.load(npz))
+        e = io.read_npz(npz)
         sources = [k.split("/")[1] for k in e if k.startswith("stitched/") and k.endswith(f"/{layer}")]
         plotting.energy_plot(e, sources, layer, out / f"energy_{method}_{net}_{layer}.png",
                              f"{method.upper()}: energies at {layer} of {net} (intra-network)")
