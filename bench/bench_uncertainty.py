@@ -12,6 +12,12 @@ Both agree to rounding on the replicates the baseline computed (max |ΔCKA| prin
 
     python bench/bench_uncertainty.py              # n = 1000, p = 1024, B = 1000 (≈ 1 min on one core)
     python bench/bench_uncertainty.py --quick      # n = 300, B = 200
+
+With ``--activations`` it times instead what the indices job would spend on each index of a run's architecture
+(every layer pair of every network pair, the config's reshapes): CPU seconds for ``--replicates`` replicates,
+and per replicate — what decides ``uncertainty.indices``:
+
+    python bench/bench_uncertainty.py --activations results/activations/digits --arch resnet18 --replicates 20
 """
 
 from __future__ import annotations
@@ -30,6 +36,27 @@ from stitchlib import similarity as S  # noqa: E402
 from stitchlib import uncertainty as U  # noqa: E402
 
 
+def per_index(args) -> None:
+    """CPU time of index_bootstrap per index over every layer pair of every network pair of one architecture."""
+    import yaml
+
+    from stitchlib import config
+
+    cfg = config.validate(yaml.safe_load(open(args.config)))
+    nets = [config.network_id(args.arch, s) for s in cfg["seeds"]]
+    layers = config.layers(cfg, args.arch)
+    print(f"# {args.arch}: {len(nets)} networks × {len(layers)} layers, every ordered network pair, "
+          f"{args.replicates} replicates, BLAS threads {args.threads or 'default'}")
+    for m in args.measures.split(","):
+        rs = cfg["similarity"]["reshape"][m]
+        stats = [S.layer_stats_h5(os.path.join(args.activations, net, "test.h5"), layer, reshape=rs,
+                                  loadings=True if m == "pwcca" else None) for net in nets for layer in layers]
+        t = time.process_time()
+        U.index_bootstrap(stats, stats, [m], replicates=args.replicates, jackknife=False)
+        dt = time.process_time() - t
+        print(f"{m:14s} ({rs:8s}): {dt:7.2f} s CPU, {dt / args.replicates:.3f} s per replicate", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000)
@@ -39,6 +66,10 @@ def main() -> None:
     ap.add_argument("--baseline-replicates", type=int, default=2, help="replicates the baseline is timed on")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (threadpoolctl; 0 = library default)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--activations", help="a run's activations/<dataset> folder: time each index of --arch instead")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config.yaml"))
+    ap.add_argument("--measures", default="lcka,lcka_debiased,opd,r2_lr,mean_cca,svcca,pwcca")
     args = ap.parse_args()
     if args.quick:
         args.n, args.replicates = 300, 200
@@ -46,6 +77,8 @@ def main() -> None:
         import threadpoolctl
 
         threadpoolctl.threadpool_limits(args.threads)
+    if args.activations:
+        return per_index(args)
     L, n, B = args.layers, args.n, args.replicates
     X = {(net, i): make_layer(net, i, n, args.p, L, 0, "cpu") for net in (0, 1) for i in range(L)}
     t = time.perf_counter()
