@@ -224,3 +224,10 @@ def test_paper2_configs_dry_run_counts(tmp_path, name, archs):
     assert job_counts(out.stdout) == {"train": seeds * len(archs), "extract": seeds * len(archs),
                                       "frankenstein_run": len(archs) * pairs + pairs + 2, "frankenstein_inits": 1,
                                       "frankenstein_sparsity": 1, "frankenstein_figures": 1, "frankenstein": 1}
+
+
+def test_curves_on_every_pair_add_one_lowrank_and_sparsity_job_per_pair(tmp_path):
+    """frankenstein.curves: every_pair runs Figs. 7 and 8 on both ordered pairs of `network` (bands over seeds)."""
+    cfg = write_config(tmp_path, ROOT / "config.yaml", **{"frankenstein.curves": "every_pair"})
+    counts = job_counts(smk("-n", "frankenstein", "--configfile", str(cfg), cwd=tmp_path).stdout)
+    assert counts["frankenstein_run"] == 13 and counts["frankenstein_sparsity"] == 2
