@@ -86,16 +86,21 @@ _NEEDS_EIGH = ("pwcca", "mean_cca", "svcca", "r2_lr", "dm_struct")
 _BLOCK = 64  # resamples drawn per generator
 
 
-def resample_counts(n: int, replicates: int, seed: int = 0, start: int = 0) -> np.ndarray:
-    """(replicates, n) float64 counts of bootstrap resamples start … start + replicates − 1 of n images; row b is
-    drawn by the generator seeded with (seed, n, b // 64) alone, so it does not depend on how many are asked."""
+def _draws(n: int, replicates: int, key: list[int], start: int = 0) -> np.ndarray:
+    """(replicates, n) float64 counts of n units drawn with replacement, rows start … start + replicates − 1; row b
+    is drawn by the generator seeded with (*key, b // 64) alone, so it does not depend on how many are asked."""
     out = np.zeros((replicates, n))
     for block in range(start // _BLOCK, (start + replicates - 1) // _BLOCK + 1 if replicates else 0):
-        idx = np.random.default_rng([seed, n, block]).integers(0, n, (_BLOCK, n))
+        idx = np.random.default_rng([*key, block]).integers(0, n, (_BLOCK, n))
         counts = np.bincount((idx + n * np.arange(_BLOCK)[:, None]).ravel(), minlength=_BLOCK * n).reshape(_BLOCK, n)
         lo, hi = max(start, block * _BLOCK), min(start + replicates, (block + 1) * _BLOCK)
         out[lo - start:hi - start] = counts[lo - block * _BLOCK:hi - block * _BLOCK]
     return out
+
+
+def resample_counts(n: int, replicates: int, seed: int = 0, start: int = 0) -> np.ndarray:
+    """(replicates, n) counts of bootstrap resamples start … start + replicates − 1 of n images (key (seed, n))."""
+    return _draws(n, replicates, [seed, n], start)
 
 
 def jackknife_counts(n: int, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -108,9 +113,8 @@ def jackknife_counts(n: int, start: int = 0, stop: int | None = None) -> np.ndar
 
 def network_counts(networks: int, replicates: int, seed: int = 0) -> np.ndarray:
     """(replicates, networks) counts of the networks (seeds) drawn with replacement; a stream separate from the
-    image resamples (seeded with (seed, networks, b, 1))."""
-    return np.stack([np.bincount(np.random.default_rng([seed, networks, b, 1]).integers(0, networks, networks),
-                                 minlength=networks) for b in range(replicates)]).astype(float)
+    image resamples (key (seed, networks, 1))."""
+    return _draws(networks, replicates, [seed, networks, 1])
 
 
 def pair_weights(pairs: Sequence[tuple[str, str]], networks: Sequence[str], counts: np.ndarray) -> np.ndarray:
