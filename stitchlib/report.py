@@ -271,6 +271,7 @@ def write_table1(long: pd.DataFrame, csv: str, md: str, tie_rule: str, title: st
         text += ("\n## P(best): the bootstrap probability (%) that the corresponding source layer is the most "
                  "similar, per target layer\n\nOver the test-image resamples (ties fractional), averaged over "
                  "network pairs; the mean over target layers is the identification rate under tie rule "
-                 "'bootstrap'.\n\n" + layers_markdown(layers))
+                 "'bootstrap'. For the † indices (no test-image resamples) it is the point value's credit.\n\n"
+                 + layers_markdown(layers))
     io.write_text(md, text)
     return t

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 from _runner import run
 
@@ -15,9 +16,10 @@ def job(sm):
         title = f"{measure} ({x.quantity}), {arch}, {setting}-network"
         if u["enabled"]:
             m, lo, hi = report.matrix_intervals(long, reps, measure, arch, setting, u)
-            plotting.heatmap(m, path, f"{title}, {dataset}\noutlined: {100 * u['level']:.0f} % interval overlaps "
-                             "the column's best", x.higher_is_similar, report.overlaps_best(m, lo, hi,
-                                                                                             x.higher_is_similar))
+            over = "seeds" if np.isnan(reps[(long.measure == measure).to_numpy()]).all() else "seeds, images"
+            plotting.heatmap(m, path, f"{title}, {dataset}\noutlined: {100 * u['level']:.0f} % interval ({over}) "
+                             "overlaps the column's best", x.higher_is_similar,
+                             report.overlaps_best(m, lo, hi, x.higher_is_similar))
         else:
             plotting.heatmap(report.mean_matrix(long, measure, arch, setting), path, f"{title}, {dataset}",
                              x.higher_is_similar)
