@@ -224,6 +224,10 @@ def _pair_row(src: dict, tgt: dict, si: int, sl: str, ti: int, tl: str) -> dict[
             "source_layer": sl, "target_layer": tl, "source_index": si, "target_index": ti}
 
 
+# Per-image arrays next to each stitching CSV (<pair>.npz): what stitchlib.uncertainty resamples.
+PER_IMAGE = ("correct", "err", "norm", "receiver")
+
+
 def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
                   tgt_test: str, method: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance; and the per-image
@@ -249,10 +253,6 @@ def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: d
                 each[k].append(r["per_image"][k])
     return pd.DataFrame(out), {**{k: np.stack(v).astype(np.float32) for k, v in each.items()},
                                "receiver": own.astype(np.float32)}
-
-
-# Per-image arrays next to each stitching CSV (<pair>.npz): what stitchlib.uncertainty resamples.
-PER_IMAGE = ("correct", "err", "norm", "receiver")
 
 
 def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
