@@ -74,10 +74,11 @@ def activations(net: models.Stitchable, x: torch.Tensor, layers: Sequence[str] |
 
 
 def fit_dm(source: torch.Tensor, target: torch.Tensor, layout: str | None = None,
-           rcond: float = 1e-6) -> stitching.AffineStitch:
+           rcond: float = 1e-6, solver: str = "exact") -> stitching.AffineStitch:
     """Direct matching: the least-squares affine stitch from ``source`` to ``target`` activations of the same
     inputs (a 1×1 conv, after a bilinear resize to the target's size, for conv maps; one affine map for every
-    token). Solved exactly in float64 (minimum-norm, singular values below ``rcond`` × the largest cut).
+    token). Solved exactly in float64 (minimum-norm, singular values below ``rcond`` × the largest cut), or with
+    ``solver='pinv'`` as paper 1's code does (``stitching.LeastSquares``).
 
     >>> import stitchlib
     >>> h = torch.randn(50, 4, 8, 8)
@@ -87,7 +88,7 @@ def fit_dm(source: torch.Tensor, target: torch.Tensor, layout: str | None = None
     """
     layout = layout or ("conv" if source.dim() == 4 else "tokens")
     stitch = stitching.AffineStitch.between(tuple(source.shape[1:]), tuple(target.shape[1:]), layout)
-    return stitching.fit_dm(stitch, [source], [target], rcond=rcond)
+    return stitching.fit_dm(stitch, [source], [target], rcond=rcond, solver=solver)
 
 
 def train_tlm(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer: str, source: torch.Tensor,

@@ -92,8 +92,8 @@ class LowRank:
             acc.update(r, np.zeros((len(r), 0)))
         if acc is None or acc.n < 2:
             raise ValueError("low-rank approximation needs at least two rows")
-        mean = acc.sx / acc.n
-        evals, evecs = np.linalg.eigh(acc.xx - acc.n * np.outer(mean, mean))
+        mean, _, cov, _ = acc.centred()
+        evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1]
         return cls(mean, evecs[:, order], np.clip(evals[order], 0, None) / (acc.n - 1))
 

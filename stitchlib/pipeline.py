@@ -183,7 +183,8 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, 
         for tl in tgt_spec["layers"]:
             st = _new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch)
             tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
-            stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"])
+            stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"],
+                                                   solver=settings.get("solver", "exact"))
     return stitches
 
 
@@ -195,8 +196,9 @@ def _pair_row(src: dict, tgt: dict, si: int, sl: str, ti: int, tl: str) -> dict[
 
 
 def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
-                  tgt_test: str, method: str) -> pd.DataFrame:
-    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance."""
+                  tgt_test: str, method: str, struct: str = "whole") -> pd.DataFrame:
+    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance (``struct``: see
+    ``stitching.evaluate``)."""
     labels = torch.as_tensor(io.read_array(tgt_test, "labels"))
     task = tasks.for_dataset(tgt_spec["dataset"])
     receiver_acc = task.accuracy(io.read_array(tgt_test, "logits"), labels)
@@ -207,7 +209,7 @@ def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: d
         src = torch.as_tensor(io.read_layer(src_test, sl))
         for ti, tl in enumerate(tgt_spec["layers"]):
             st = stitches[_stitch_key(sl, tl)].to(dev)
-            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task)
+            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task, struct=struct)
             out.append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                         "accuracy": r["accuracy"], "receiver_accuracy": receiver_acc,
                         "relative_accuracy": r["accuracy"] / receiver_acc, "struct": r["struct"]})
@@ -244,7 +246,8 @@ def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: di
                            conv_stitch=conv_stitch)
     log.info("fitted %d DM stitches in %.1f s", len(stitches), time.time() - start)
     receiver = models.fold_batchnorm(load_network(tgt_spec, inputs["tgt_ckpt"], dev))  # frozen: BN folded
-    df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm")
+    df = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm",
+                       struct=settings.get("struct", "whole"))
     _save_stitches(out_pt, stitches)
     io.write_csv(df, out_csv)
 
