@@ -33,22 +33,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 import torch
 
-from stitchlib import io
+from stitchlib import catalog, io, pipeline
 from stitchlib import similarity as sim
 from stitchlib.stitching import AffineStitch, LeastSquares, evaluate, fit_dm, rows
+from stitchlib.train import pick_device
 
 log = logging.getLogger(__name__)
-
-DM_MEASURES = ("dm_func", "dm_struct")
-LABELS = {"lcka": "LCKA", "lcka_debiased": "LCKA (debiased)", "pwcca": "PWCCA", "mean_cca": "mean CCA",
-          "svcca": "SVCCA", "opd": "OPD", "dm_func": "DM (func.)", "dm_struct": "DM (struct.)"}
 
 
 # ----------------------------------------------------------------------------- representations
@@ -84,7 +82,7 @@ class LowRank:
         return len(self.mean)
 
     @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> "LowRank":
+    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> LowRank:
         acc = None  # the least-squares accumulator with no targets: n, Σx, XᵀX
         for h in chunks:
             r = rows(np.asarray(h), layout)
@@ -176,7 +174,7 @@ def rank_correlations(functional: Iterable[float], dissimilarity: Iterable[float
 
 def dissimilarity(measure: str, value: float) -> float:
     """An index value as a dissimilarity: 1 − similarity for similarity indices, distances as they are."""
-    return 1.0 - value if sim.MEASURES[measure].higher_is_similar else value
+    return 1.0 - value if catalog.MEASURES[measure].higher_is_similar else value
 
 
 def _reference(df: pd.DataFrame) -> pd.DataFrame:
@@ -209,7 +207,7 @@ class _Comparer:
         out = {}
         for m in self.measures:
             reshape = self.settings["reshape"][m]
-            key = (reshape, sim.MEASURES[m].needs_loadings)
+            key = (reshape, catalog.MEASURES[m].needs_loadings)
             if key not in out:
                 out[key] = sim.layer_stats(h, name=name, reshape=reshape, layout=self.layout,
                                            loadings=True if key[1] else None)
@@ -220,7 +218,7 @@ class _Comparer:
         opts = {"regularization": self.settings["regularization"], "svcca_variance": self.settings["svcca_variance"],
                 "pwcca_count": "neurons"}
         for m in self.measures:
-            key = (self.settings["reshape"][m], sim.MEASURES[m].needs_loadings)
+            key = (self.settings["reshape"][m], catalog.MEASURES[m].needs_loadings)
             try:
                 value = sim.pairwise([self._a[key]], [b[key]], [m], **opts)[m][0, 0]
             except ValueError as e:
@@ -232,7 +230,7 @@ class _Comparer:
         r = evaluate(stitch.to(next(self.receiver.parameters()).device), self.receiver, self.layer_index,
                      torch.as_tensor(src_test, dtype=torch.float32), self.tgt_test, self.labels)
         row.update(dm_accuracy=r["accuracy"], d_dm_func=1.0 - r["accuracy"] / self.receiver_accuracy,
-                   d_dm_struct=r["struct"])
+                   d_dm_struct_stitched=r["struct"])
         return row
 
 
@@ -320,7 +318,7 @@ def correlations(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for key, g in df.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         for m in _measure_columns(df):
-            out.append({**dict(zip(by, key)), "measure": LABELS.get(m, m),
+            out.append({**dict(zip(by, key)), "measure": catalog.MEASURES[m].label,
                         **rank_correlations(g["functional_distance"], g[f"d_{m}"])})
     return pd.DataFrame(out)
 
@@ -376,9 +374,6 @@ def table3(specificity: pd.DataFrame, alpha: float) -> pd.DataFrame:
 def probes_stage(spec: dict[str, Any], inputs: dict[str, str], settings: dict[str, Any], out_csv: str,
                  device: str = "auto") -> None:
     """Probe accuracy of every stitch point of one network (the specificity test's F)."""
-    from stitchlib import pipeline
-    from stitchlib.train import pick_device
-
     pipeline.check_activations(spec, inputs["train"], inputs["test"])
     layouts = {layer: io.layer_layout(inputs["train"], layer) for layer in spec["layers"]}
     df = probe_rows(spec["layers"], layouts, inputs["train"], inputs["test"], settings, pick_device(device))
@@ -388,9 +383,6 @@ def probes_stage(spec: dict[str, Any], inputs: dict[str, str], settings: dict[st
 def sensitivity_stage(spec: dict[str, Any], layers: list[str], inputs: dict[str, str], settings: dict[str, Any],
                       dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto") -> None:
     """The low-rank families of ``layers`` of one network, every rank compared with the best-probed one."""
-    from stitchlib import pipeline
-    from stitchlib.train import pick_device
-
     dev = pick_device(device)
     pipeline.check_activations(spec, inputs["train"], inputs["test"])
     net = pipeline.load_network(spec, inputs["ckpt"], dev)
@@ -409,9 +401,6 @@ def specificity_stage(specs: dict[str, dict[str, Any]], inputs: dict[str, str], 
                       dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto") -> None:
     """Every layer of every network of one architecture against the best-probed one. ``inputs`` holds, per
     network, ``{net}/probes``, ``{net}/train``, ``{net}/test`` and ``{net}/ckpt``."""
-    from stitchlib import pipeline
-    from stitchlib.train import pick_device
-
     dev = pick_device(device)
     probes = pd.concat([pd.read_csv(inputs[f"{net}/probes"]) for net in specs], ignore_index=True)
     files = {net: {k: inputs[f"{net}/{k}"] for k in ("train", "test", "ckpt")} for net in specs}

@@ -32,12 +32,14 @@ import platform
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
 
+from stitchlib import __version__
 
 TMP_SUFFIX = ".tmp"
 
@@ -135,8 +137,6 @@ def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
 def provenance() -> dict[str, str]:
     """Versions and git commit of the code that produced an artifact."""
     import torch
-
-    from stitchlib import __version__
 
     info = {
         "stitchlib": __version__,
@@ -242,7 +242,7 @@ class ActivationWriter:
             self._dataset(f"layers/{name}", a.shape[1:], self.dtype, layout=layouts[name])[sl] = a
         self.pos += b
 
-    def __enter__(self) -> "ActivationWriter":
+    def __enter__(self) -> ActivationWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

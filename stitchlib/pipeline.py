@@ -7,6 +7,7 @@ job into a call of one of these.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,29 +17,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stitchlib import config as sconf
-from stitchlib import data, io, models, report, tasks
+from stitchlib import catalog, data, hooked, io, models, ood, tasks
+from stitchlib import similarity as sim
 from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, evaluate, fit_dm, make_stitch, train_tlm
-from stitchlib.train import pick_device, train_network
+from stitchlib.train import accuracy, pick_device, train_network
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- networks
-
-def network_spec(cfg: dict[str, Any], dataset: str, net: str) -> dict[str, Any]:
-    """Everything needed to rebuild network ``net`` (``arch-sSEED``) trained on ``dataset``."""
-    arch, seed = sconf.parse_network(net)
-    a, d = cfg["architectures"][arch], cfg["datasets"][dataset]
-    from stitchlib import catalog
-
-    return {
-        "net": net, "arch": arch, "seed": seed, "family": a["family"], "params": dict(a["params"]),
-        "layers": sconf.layers(cfg, arch), "dataset": dataset, "root": d["root"], "download": d["download"],
-        "image_size": sconf.image_size(cfg, dataset), "num_classes": catalog.dataset(dataset).num_classes,
-    }
-
 
 def build_network(spec: dict[str, Any]) -> models.Stitchable:
     try:
@@ -56,8 +44,6 @@ _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
 def expected_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Per-sample activation shape the network of ``spec`` produces at each configured layer, from one
     forward pass of a blank image through an untrained copy (shapes do not depend on the weights)."""
-    import json
-
     key = json.dumps(spec, sort_keys=True, default=str)
     if key not in _SHAPES:
         net, size = build_network(spec).eval(), spec["image_size"]
@@ -93,8 +79,6 @@ def load_split(spec: dict[str, Any], split: str, outliers: dict[str, Any] | None
                          download=spec["download"])
     from torch.utils.data import TensorDataset
 
-    from stitchlib import ood
-
     o, size = outliers, spec["image_size"]
     if split == "outliers" and o["source"] == "npy":
         x = ood.outlier_images_npy(o["path"], o["n"], size, seed=o["seed"])
@@ -106,13 +90,28 @@ def load_split(spec: dict[str, Any], split: str, outliers: dict[str, Any] | None
 
 
 def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: str, device: str = "auto") -> None:
-    """Train one network from its seed; write the state dict and a metrics JSON with provenance."""
+    """Train one network from its seed — or, for a network of your own (family ``custom``), import its state dict
+    (``weights_only=True``), check its stitch points on real images and train nothing —; write the checkpoint the
+    rest of the workflow reads and a metrics JSON (train/test accuracy) with provenance."""
     dev = pick_device(device)
     torch.manual_seed(spec["seed"])
     net = build_network(spec)
+    train_ds, test_ds = load_split(spec, "train"), load_split(spec, "test")
     start = time.time()
-    result = train_network(net, load_split(spec, "train"), load_split(spec, "test"), settings,
-                           seed=spec["seed"], device=dev)
+    if spec["family"] == "custom":
+        where = f"architectures.{spec['arch']}.params"
+        path = catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
+        hooked.load_weights(net, path, where)
+        net.to(dev).eval()
+        try:
+            net.verify(next(data.batches(test_ds, 8))[0])
+        except ValueError as e:
+            raise ValueError(f"architectures.{spec['arch']}.{e} (with the weights of {path})") from None
+        result = {f"{split}_accuracy": accuracy(net, data.batches(ds, 256), dev, tasks.of(ds))
+                  for split, ds in (("train", train_ds), ("test", test_ds))}
+        result.update(train_loss=[], imported_from=str(path), imported_sha256=io.sha256(path))
+    else:
+        result = train_network(net, train_ds, test_ds, settings, seed=spec["seed"], device=dev)
     io.save_state_dict(ckpt, {k: v.cpu() for k, v in net.state_dict().items()})
     io.write_json(metrics, {**result, "network": spec, "train": settings, "device": str(dev),
                             "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
@@ -151,14 +150,14 @@ def _stitch_key(src_layer: str, tgt_layer: str) -> str:
     return f"{src_layer}->{tgt_layer}"
 
 
-def _layer_shapes(h5: str) -> dict[str, tuple[tuple[int, ...], str]]:
+def layer_shapes(h5: str) -> dict[str, tuple[tuple[int, ...], str]]:
     """Per-sample shape and layout of every layer of an activation file, read once."""
     with io.open_activations(h5) as f:
         return {name: (d.shape[1:], str(d.attrs["layout"])) for name, d in f["layers"].items()}
 
 
-def _new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str, conv_stitch: str = "bilinear") -> AffineStitch:
-    """A stitch sized from two files' :func:`_layer_shapes` (``conv_stitch``: see ``stitching.make_stitch``)."""
+def new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str, conv_stitch: str = "bilinear") -> AffineStitch:
+    """A stitch sized from two files' :func:`layer_shapes` (``conv_stitch``: see ``stitching.make_stitch``)."""
     (s_shape, s_layout), (t_shape, t_layout) = src[src_layer], tgt[tgt_layer]
     return make_stitch(s_shape, t_shape, s_layout, t_layout, conv_stitch)
 
@@ -177,11 +176,11 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, 
     """DM stitches from every source layer to every target layer, fitted on the same K images."""
     n = len(io.read_array(src_train, "labels"))
     idx = dm_sample_index(n, settings["samples"], settings["seed"])
-    stitches, src_shapes, tgt_shapes = {}, _layer_shapes(src_train), _layer_shapes(tgt_train)
+    stitches, src_shapes, tgt_shapes = {}, layer_shapes(src_train), layer_shapes(tgt_train)
     for sl in src_spec["layers"]:
         src = {s: io.read_layer(src_train, sl, idx[s:s + chunk]) for s in range(0, len(idx), chunk)}
         for tl in tgt_spec["layers"]:
-            st = _new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch)
+            st = new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch)
             tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
             stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"],
                                                    solver=settings.get("solver", "exact"))
@@ -224,13 +223,13 @@ def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
 def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str,
                    conv_stitch: str = "bilinear") -> dict[str, AffineStitch]:
     saved = io.load_state_dict(path)
-    out, src_shapes, tgt_shapes = {}, _layer_shapes(src_h5), _layer_shapes(tgt_h5)
+    out, src_shapes, tgt_shapes = {}, layer_shapes(src_h5), layer_shapes(tgt_h5)
     for sl in src_spec["layers"]:
         for tl in tgt_spec["layers"]:
             key = _stitch_key(sl, tl)
             if key not in saved:
                 raise ValueError(f"{path}: no stitch {key!r}; rerun the DM job")
-            out[key] = _new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch).set_affine(saved[key]["weight"],
+            out[key] = new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch).set_affine(saved[key]["weight"],
                                                                                          saved[key]["bias"])
     return out
 
@@ -300,14 +299,12 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     measures, a constant layer) is recorded as NaN with the reason logged — never a silent 1. Any other
     problem (an incomplete file, a layer of the wrong shape, non-finite activations) fails the job.
     """
-    from stitchlib import similarity as sim
-
     for net, path in test_h5.items():
         check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
     measures = settings["measures"]
     opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
-    with_loadings = {settings["reshape"][m] for m in measures if sim.MEASURES[m].needs_loadings}
+    with_loadings = {settings["reshape"][m] for m in measures if catalog.MEASURES[m].needs_loadings}
     stats: dict[tuple[str, str, str], Any] = {}
 
     def get(net: str, layer: str, reshape: str):
@@ -334,7 +331,7 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                     except sim.DegenerateInput as e:
                         log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
                         value = float("nan")
-                    rows.append({"measure": report.INDEX_LABELS[m], **_pair_row(s, t, si, sl, ti, tl),
+                    rows.append({"measure": catalog.MEASURES[m].label, **_pair_row(s, t, si, sl, ti, tl),
                                  "value": float(value)})
     log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
     io.write_csv(pd.DataFrame(rows), out_csv)
@@ -349,8 +346,6 @@ def _detector_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
                    out_json: str, device: str = "auto") -> None:
     """Train the energy OOD detector of one (network, layer) and check it on held-out outliers."""
-    from stitchlib import ood
-
     dev = pick_device(device)
     check_activations({**spec, "layers": [layer]}, *inputs.values())
     acts = io.read_layer(inputs["train"], layer)
@@ -371,17 +366,14 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
                              "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
 
 
-def load_detector(pt: str, device: torch.device):
-    import json
-
-    from stitchlib import ood
-
-    spec = json.loads(Path(pt).with_suffix(".json").read_text())["detector"]
+def load_detector(pt: str, spec_json: str, device: torch.device):
+    """A trained detector from its state dict and the JSON that describes it (both written by train_detector)."""
+    spec = json.loads(Path(spec_json).read_text())["detector"]
     return models.fold_batchnorm(ood.load_detector(spec, io.load_state_dict(pt)).to(device))  # frozen: BN folded
 
 
 @torch.no_grad()
-def _stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+def stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     dev = stitch.weight.device
     x = torch.as_tensor(acts)
     return torch.cat([stitch(x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
@@ -393,8 +385,6 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
     stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``outputs`` to its (CSV, NPZ):
     each target layer's detector is loaded, and scores the receiver's own and held-out activations, once for all."""
-    from stitchlib import ood
-
     dev = pick_device(device)
     check_activations(src_spec, inputs["src_test"])
     check_activations(tgt_spec, inputs["tgt_test"], inputs["tgt_heldout"])
@@ -402,14 +392,15 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
                 for m, pt in inputs["stitches"].items()}
     sources = {sl: io.read_layer(inputs["src_test"], sl) for sl in src_spec["layers"]}
     rows, energies = {m: [] for m in stitches}, {m: {} for m in stitches}
-    for ti, (tl, det_pt) in enumerate(zip(tgt_spec["layers"], inputs["detectors"])):
-        det = load_detector(det_pt, dev)
+    for ti, (tl, det_pt, det_json) in enumerate(zip(tgt_spec["layers"], inputs["detectors"],
+                                                    inputs["detector_specs"])):
+        det = load_detector(det_pt, det_json, dev)
         e_in = ood.energy(det, io.read_layer(inputs["tgt_test"], tl))
         e_heldout = ood.energy(det, io.read_layer(inputs["tgt_heldout"], tl))
         for method, st in stitches.items():
             energies[method].update({f"in/{tl}": e_in, f"heldout/{tl}": e_heldout})
             for si, sl in enumerate(src_spec["layers"]):
-                e = ood.energy(det, _stitched(st[_stitch_key(sl, tl)].to(dev), sources[sl]))
+                e = ood.energy(det, stitched(st[_stitch_key(sl, tl)].to(dev), sources[sl]))
                 energies[method][f"stitched/{sl}/{tl}"] = e
                 rows[method].append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                                      **ood.ood_metrics(e_in, e)})

@@ -18,15 +18,20 @@ tokens → conv      :class:`TokensToConv`: CLS dropped, patch tokens laid out o
 
 DM fits T by least squares on "rows": every (sample, position) or (sample, token) of P(source) is one
 equation y = W x + b, so DM is exact for every type. The normal equations are accumulated in float64 over chunks,
+<<<<<<< HEAD
 so the solution on the whole split is exact (not an average of chunk solutions); :class:`LeastSquares` also
 offers paper 1's code's pseudo-inverse solve.
+=======
+centred, so the solution on the whole split is exact (not an average of chunk solutions).
+>>>>>>> main
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +40,7 @@ import torch.nn.functional as F
 from scipy.linalg import blas  # at import: BLAS thread limits (threadpoolctl, the job's) then cover it too
 from torch.nn.utils import parametrize
 
-from stitchlib import tasks
+from stitchlib import catalog, tasks
 from stitchlib.train import make_optimizer, set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ class AffineStitch(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c_out))
 
     @classmethod
-    def between(cls, src_shape: tuple, tgt_shape: tuple, layout: str) -> "AffineStitch":
+    def between(cls, src_shape: tuple, tgt_shape: tuple, layout: str) -> AffineStitch:
         """A stitch sized from per-sample shapes (C, H, W) / (T, D) of source and target."""
         if layout == "conv":
             return cls(src_shape[0], tgt_shape[0], layout, tgt_shape[1:])
@@ -90,7 +95,7 @@ class AffineStitch(nn.Module):
             return resize(F.conv2d(h, w, self.bias), self.size)
         return F.conv2d(resize(h, self.size), w, self.bias)
 
-    def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> "AffineStitch":
+    def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> AffineStitch:
         with torch.no_grad():
             w = torch.as_tensor(w, dtype=self.bias.dtype, device=self.bias.device)
             if parametrize.is_parametrized(self, "weight"):
@@ -189,7 +194,7 @@ class TokensToConv(AffineStitch):
         return super().forward(self.grid_map(h))
 
 
-CONV_STITCHES = ("bilinear", "paper3")
+CONV_STITCHES = tuple(catalog.CONV_STITCHES)  # their descriptions: stitchlib.catalog
 
 
 def make_stitch(src_shape: tuple, tgt_shape: tuple, src_layout: str, tgt_layout: str,

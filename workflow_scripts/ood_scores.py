@@ -5,8 +5,8 @@ from stitchlib import pipeline
 
 def job(sm):
     methods = sm.params.methods
-    inputs = {k: v for k, v in sm.input.items() if k not in ("detectors", "stitches")}
-    inputs["detectors"] = list(sm.input.detectors)
+    inputs = {k: v for k, v in sm.input.items() if k not in ("detectors", "detector_specs", "stitches")}
+    inputs["detectors"], inputs["detector_specs"] = list(sm.input.detectors), list(sm.input.detector_specs)
     inputs["stitches"] = dict(zip(methods, sm.input.stitches))
     outputs = {m: (csv, npz) for m, csv, npz in zip(methods, sm.output.csv, sm.output.npz)}
     pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device)
