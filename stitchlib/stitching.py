@@ -18,12 +18,8 @@ tokens → conv      :class:`TokensToConv`: CLS dropped, patch tokens laid out o
 
 DM fits T by least squares on "rows": every (sample, position) or (sample, token) of P(source) is one
 equation y = W x + b, so DM is exact for every type. The normal equations are accumulated in float64 over chunks,
-<<<<<<< HEAD
 so the solution on the whole split is exact (not an average of chunk solutions); :class:`LeastSquares` also
 offers paper 1's code's pseudo-inverse solve.
-=======
-centred, so the solution on the whole split is exact (not an average of chunk solutions).
->>>>>>> main
 """
 
 from __future__ import annotations
