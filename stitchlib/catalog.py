@@ -78,7 +78,8 @@ RESHAPES: dict[str, str] = {  # how a conv map (C×H×W) or token sequence (T×D
     "flatten": "one row per sample, C·H·W (conv) or T·D (tokens) columns — paper 1's CKA input",
     "positions": "one row per sample and spatial position (n·H·W rows, C columns) or token (n·T rows, D columns)",
     "pool": "global average over spatial positions (conv) or tokens → n × C or n × D",
-    "paper1": "pair-dependent (paper 1's PWCCA/OPD code): 'positions' when both layers' shapes match, else 'pool'",
+    "paper1": "pair-dependent (paper 1's PWCCA/OPD code): 'positions' when both conv layers' shapes match or both "
+              "token layers have as many tokens, else 'pool'",
 }
 
 

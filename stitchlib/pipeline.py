@@ -303,8 +303,11 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
         check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
     measures = settings["measures"]
-    opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
+    opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"],
+            "pwcca_count": settings.get("pwcca_count", "rank")}
     with_loadings = {settings["reshape"][m] for m in measures if catalog.MEASURES[m].needs_loadings}
+    rank_scale = {r: sim.rank_scale_for([m for m in measures if settings["reshape"][m] == r])
+                  for r in set(settings["reshape"].values())}  # scale-invariant ranks where a CCA-family index reads
     stats: dict[tuple[str, str, str], Any] = {}
 
     def get(net: str, layer: str, reshape: str):
@@ -312,7 +315,8 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
         if key not in stats:
             try:
                 stats[key] = sim.layer_stats_h5(test_h5[net], layer, reshape=reshape, n=n,
-                                                loadings=True if reshape in with_loadings else None)
+                                                loadings=True if reshape in with_loadings else None,
+                                                rtol=settings.get("rtol"), rank_scale=rank_scale[reshape])
             except sim.DegenerateInput as e:  # e.g. a constant layer: every pair with it is undefined
                 stats[key] = e
         if isinstance(stats[key], Exception):
@@ -380,7 +384,7 @@ def stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> t
 
 
 def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: dict[str, tuple[str, str]],
-             device: str = "auto") -> None:
+             device: str = "auto", fpr_rule: str = "at_least") -> None:
     """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
     stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``outputs`` to its (CSV, NPZ):
@@ -403,7 +407,7 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
                 e = ood.energy(det, stitched(st[_stitch_key(sl, tl)].to(dev), sources[sl]))
                 energies[method][f"stitched/{sl}/{tl}"] = e
                 rows[method].append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
-                                     **ood.ood_metrics(e_in, e)})
+                                     **ood.ood_metrics(e_in, e, fpr_rule=fpr_rule)})
     for method, (out_csv, out_npz) in outputs.items():
         io.write_csv(pd.DataFrame(rows[method]), out_csv)
         with io.atomic_path(out_npz) as tmp:
