@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import threadpoolctl
@@ -47,6 +48,10 @@ def before(x: np.ndarray, y: np.ndarray) -> None:
     x.sum(0), y.sum(0), x.T @ x, x.T @ y
 
 
+def update(c_in: int, c_out: int, x: np.ndarray, y: np.ndarray) -> None:
+    LeastSquares(c_in, c_out).update(x, y)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
@@ -59,8 +64,8 @@ def main() -> None:
             x = rng.standard_normal((n, c_in), dtype=np.float32) + 1
             y = rng.standard_normal((n, c_out), dtype=np.float32)
             x64, y64 = x.astype(np.float64), y.astype(np.float64)
-            t_gemm, t_before, t_update = best([lambda: (x64.T @ x64, x64.T @ y64), lambda: before(x, y),
-                                               lambda: LeastSquares(c_in, c_out).update(x, y)], args.repeats)
+            t_gemm, t_before, t_update = best([lambda a=x64, b=y64: (a.T @ a, a.T @ b), partial(before, x, y),
+                                               partial(update, c_in, c_out, x, y)], args.repeats)
             ls = LeastSquares(c_in, c_out)
             ls.update(x, y)
             g = ls.gram()

@@ -146,9 +146,10 @@ class LayerStats:
     """Factorisation of one layer's centred activation matrix X_c (n rows × p columns), X_c ≈ U diag(s) Vᵀ.
 
     U (n × r, orthonormal) and s (r, descending) are the left singular vectors and singular values of X_c at
-    numerical rank r (decided as `rank_scale` and `rtol` say, see `RANK_SCALES`); gram_diag = diag(X_c X_cᵀ) (n,), needed by the unbiased HSIC; loadings = X_cᵀ U = V diag(s)
-    (p × r), the projections of every neuron on the orthonormal sample basis, needed by PWCCA only (kept by
-    default on the "cov" route, where p < n makes it no larger than U).  shape is the per-sample activation shape
+    numerical rank r (decided as `rank_scale` and `rtol` say, see `RANK_SCALES`); gram_diag = diag(X_c X_cᵀ) (n,),
+    needed by the unbiased HSIC; loadings = X_cᵀ U = V diag(s) (p × r), the projections of every neuron on the
+    orthonormal sample basis, needed by PWCCA only (kept by default on the "cov" route, where p < n makes it no
+    larger than U).  shape is the per-sample activation shape
     before reshaping; n counts rows after reshaping (samples × positions for "positions").
     """
 
