@@ -1,0 +1,256 @@
+"""The effect on a finished run of each option that restores paper 1's code (README: Departures from the papers'
+code), recomputed from the run's own files: its activation caches, stitches, OOD energies and tables.
+
+    python tools/fidelity_effects.py results                      # every part, the default config
+    python tools/fidelity_effects.py results --parts pwcca fpr    # some of them
+
+Parts (each prints a small table):
+  indices    every index recomputed by this code vs the run's results/similarity CSVs (what changed, and where
+             the scale-invariant rank differs from the unscaled one); Table 1 of both
+  pwcca      Table 1's PWCCA row with similarity.pwcca_count rank (default) and paper1 (paper 1's code)
+  struct     DM (struct.) of the run's DM stitches as one whole-test-set ratio and as paper 1's per-batch mean;
+             Table 1's DM (struct.) row under both
+  dm_all     DM with dm.samples: all, the exact solve vs paper 1's pinv: how many layer pairs' accuracies differ
+  fpr        FPR@95 of every stitch from the run's energies, at_least (default) vs closest (paper 1's code)
+  detectors  detectors of the seed-0 networks retrained with ood.preset paper1 (and with single choices of it),
+             the run's stitches scored by them: AUROC against the run's own detectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stitchlib import catalog, io, ood, pipeline, report, stitching  # noqa: E402
+from stitchlib import config as sconf  # noqa: E402
+
+PARTS = ("indices", "pwcca", "struct", "dm_all", "fpr", "detectors")
+
+
+class Run:
+    """A finished run of ``config``: its files, network specs and pairs."""
+
+    def __init__(self, results: Path, config: Path, dataset: str = "digits"):
+        self.cfg = sconf.validate(yaml.safe_load(config.read_text()))
+        self.r, self.ds = results, dataset
+        self.archs = sconf.matrix_architectures(self.cfg)
+        self.pairs = [p for s in self.cfg["stitching"]["settings"] for p in sconf.network_pairs(self.cfg, s)]
+
+    def spec(self, net: str) -> dict:
+        return sconf.network_spec(self.cfg, self.ds, net)
+
+    def acts(self, net: str, split: str) -> str:
+        return str(self.r / "activations" / self.ds / net / f"{split}.h5")
+
+    def nets(self, arch: str) -> list[str]:
+        return [n for n in sconf.networks(self.cfg) if sconf.parse_network(n)[0] == arch]
+
+    def arch_pairs(self, arch: str) -> list[tuple[str, str]]:
+        return [p for p in self.pairs if sconf.parse_network(p[0])[0] == arch]
+
+    def indices(self, arch: str, **settings) -> pd.DataFrame:
+        nets = self.nets(arch)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "indices.csv"
+            pipeline.similarity_indices({n: self.spec(n) for n in nets}, {n: self.acts(n, "test") for n in nets},
+                                        self.arch_pairs(arch), {**self.cfg["similarity"], **settings}, str(out))
+            return pd.read_csv(out)
+
+
+def table1(long: pd.DataFrame) -> pd.DataFrame:
+    t = report.identification(long)
+    return t.pivot_table(index="measure", columns=["setting", "arch"], values="percent").round(2)
+
+
+def part_indices(run: Run) -> None:
+    from stitchlib import similarity as sim
+
+    new = pd.concat([run.indices(a) for a in run.archs], ignore_index=True)
+    old = pd.concat([pd.read_csv(run.r / "similarity" / run.ds / f"{a}.csv") for a in run.archs], ignore_index=True)
+    keys = ["measure", *report.KEYS]
+    both = old.merge(new, on=keys, suffixes=("_run", "_now"))
+    both["diff"] = (both.value_now - both.value_run).abs()
+    print("indices recomputed by this code vs the run's (|Δ| over every layer pair of every network pair):")
+    print(both.groupby("measure")["diff"].agg(max="max", changed=lambda d: int((d > 1e-9).sum()), pairs="count")
+          .to_string(float_format=lambda v: f"{v:.2e}"))
+    ranks = []
+    for arch in run.archs:
+        for net in run.nets(arch):
+            for layer in run.spec(net)["layers"]:
+                for reshape in ("pool", "positions"):
+                    r = {s: sim.layer_stats_h5(run.acts(net, "test"), layer, reshape=reshape, rank_scale=s).rank
+                         for s in sim.RANK_SCALES}
+                    ranks.append({"net": net, "layer": layer, "reshape": reshape, **r})
+    ranks = pd.DataFrame(ranks)
+    print(f"\nlayer factorisations whose rank differs between rank_scale columns and global: "
+          f"{int((ranks.columns != ranks['global']).sum())} of {len(ranks)}")
+    print(ranks[ranks["columns"] != ranks["global"]].to_string(index=False))
+    print("\nTable 1 of the run's indices vs this code's:")
+    print(pd.concat({"run": table1(old), "now": table1(new)}, axis=1).to_string())
+
+
+def part_pwcca(run: Run) -> None:
+    rows = []
+    for count in ("rank", "paper1"):
+        long = pd.concat([run.indices(a, measures=["pwcca"], pwcca_count=count) for a in run.archs])
+        rows.append(table1(long).rename(index={"PWCCA": f"PWCCA ({count})"}))
+    print("Table 1, PWCCA by similarity.pwcca_count:")
+    print(pd.concat(rows).to_string())
+
+
+def part_struct(run: Run, batch: int = 256) -> None:
+    """DM(struct) of the run's DM stitches, whole ratio vs mean over batches of ``batch`` test images."""
+    frames, diffs = [], []
+    for src, tgt in run.pairs:
+        s, t = run.spec(src), run.spec(tgt)
+        path = run.r / "stitching" / run.ds / "dm" / f"{src}__{tgt}"
+        st = pipeline._load_stitches(f"{path}.pt", s, t, run.acts(src, "test"), run.acts(tgt, "test"))
+        df = pd.read_csv(f"{path}.csv")
+        targets = {tl: io.read_layer(run.acts(tgt, "test"), tl).astype(np.float64) for tl in t["layers"]}
+        means = []
+        for sl in s["layers"]:
+            out = io.read_layer(run.acts(src, "test"), sl)
+            for tl in t["layers"]:
+                y = pipeline.stitched(st[f"{sl}->{tl}"], out).double().numpy()
+                e = ((y - targets[tl]) ** 2).reshape(len(y), -1).sum(1)
+                m = (targets[tl] ** 2).reshape(len(y), -1).sum(1)
+                whole = e.sum() / m.sum()
+                per = np.mean([e[i:i + batch].sum() / m[i:i + batch].sum() for i in range(0, len(e), batch)])
+                means.append(per)
+                diffs.append(abs(per - whole))
+        frames.append(df.assign(struct_batch_mean=means))
+    dm = pd.concat(frames, ignore_index=True)
+    print(f"DM (struct.) per-batch mean (batches of {batch}) vs whole-set ratio over {len(diffs)} DM stitches: "
+          f"max |Δ| {max(diffs):.2e}, mean {np.mean(diffs):.2e}")
+    out = []
+    for rule, column in (("whole", "struct"), ("batch_mean", "struct_batch_mean")):
+        long = report.stitching_long(dm.assign(struct=dm[column]))
+        long = long[long.measure == catalog.MEASURES["dm_struct_stitched"].label]
+        out.append(table1(long).rename(index=lambda m, r=rule: f"{m} ({r})"))
+    print(pd.concat(out).to_string())
+
+
+def part_dm_all(run: Run) -> None:
+    """DM on the whole training split, exact vs pinv, evaluated through each receiver."""
+    rows = []
+    for src, tgt in run.pairs:
+        s, t = run.spec(src), run.spec(tgt)
+        receiver = pipeline.models.fold_batchnorm(pipeline.load_network(
+            t, run.r / "models" / run.ds / f"{tgt}.pt", torch.device("cpu")))
+        res = {}
+        for solver in stitching.LeastSquares.SOLVERS:
+            settings = {**run.cfg["dm"], "samples": "all", "solver": solver}
+            st = pipeline.fit_dm_pair(s, t, run.acts(src, "train"), run.acts(tgt, "train"), settings)
+            res[solver] = pipeline.evaluate_pair(st, s, t, receiver, run.acts(src, "test"), run.acts(tgt, "test"),
+                                                 "dm")
+        d = (res["pinv"].accuracy - res["exact"].accuracy).abs()
+        rows.append({"arch": s["arch"], "pair": f"{src}→{tgt}", "layer pairs": len(d),
+                     "differ": int((d > 0).sum()), "max |Δ acc|": d.max(), "mean |Δ acc|": d.mean()})
+        print(rows[-1], flush=True)
+    t = pd.DataFrame(rows)
+    print("\nDM with dm.samples: all, paper 1's pinv vs the exact solve (test accuracy):")
+    print(t.groupby("arch").agg(pairs=("pair", "count"), layer_pairs=("layer pairs", "sum"),
+                                differ=("differ", "sum"), max_diff=("max |Δ acc|", "max"),
+                                mean_diff=("mean |Δ acc|", "mean")).to_string())
+
+
+def part_fpr(run: Run) -> None:
+    diffs = []
+    for m in run.cfg["stitching"]["methods"]:
+        for src, tgt in run.pairs:
+            e = np.load(run.r / "ood" / run.ds / "scores" / m / f"{src}__{tgt}.npz")
+            for key in e.files:
+                if key.startswith("stitched/"):
+                    _, _, tl = key.split("/")
+                    a, c = (ood.ood_metrics(e[f"in/{tl}"], e[key], fpr_rule=r)["fpr95"] for r in ood.FPR_RULES)
+                    diffs.append({"method": m, "diff": c - a})
+    d = pd.DataFrame(diffs)
+    print("FPR@95, closest (paper 1's code) − at_least (default), every stitch:")
+    print(d.groupby("method")["diff"].agg(stitches="count", changed=lambda x: int((x != 0).sum()),
+                                          mean="mean", min="min", max="max").to_string())
+
+
+VARIANTS = {  # ood overrides: the whole preset and each of its training choices alone
+    "paper1 preset": {"preset": "paper1"},
+    "lr stepped per iteration": {"finetune": {"lr_step": "iteration", "schedule": "multistep", "milestones": [2]}},
+    "no positional embedding": {"detector": {"tokens": {"positional": False}}},
+}
+
+
+def part_detectors(run: Run, seed: int = 0) -> None:
+    rows = []
+    for name, override in VARIANTS.items():
+        o = run.cfg["ood"]
+        merged = {**o, **{k: ({**o[k], **v} if isinstance(v, dict) else v) for k, v in override.items()}}
+        if "detector" in override:
+            merged["detector"] = {k: {**o["detector"][k], **override["detector"].get(k, {})} for k in o["detector"]}
+        settings = sconf.ood_settings({**run.cfg, "ood": merged})
+        for arch in run.archs:
+            net = sconf.network_id(arch, run.cfg["seeds"][seed])
+            layout = io.layer_layout(run.acts(net, "test"), run.spec(net)["layers"][0])
+            if name == "no positional embedding" and layout != "tokens":
+                continue
+            t = run.spec(net)
+            start = time.time()
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                dets = []
+                for layer in t["layers"]:
+                    inputs = {k: run.acts(net, k) for k in ("train", "test", "outliers", "heldout")}
+                    pt, js = tmp / f"{layer}.pt", tmp / f"{layer}.json"
+                    pipeline.train_detector(t, layer, inputs, {k: v for k, v in settings.items() if k != "fpr95"},
+                                            str(pt), str(js), device="cpu")
+                    dets.append((str(pt), str(js)))
+                for src in run.nets(arch):
+                    methods = run.cfg["stitching"]["methods"]
+                    inputs = {"src_test": run.acts(src, "test"), "tgt_test": run.acts(net, "test"),
+                              "tgt_heldout": run.acts(net, "heldout"), "detectors": [d[0] for d in dets],
+                              "detector_specs": [d[1] for d in dets],
+                              "stitches": {m: str(run.r / "stitching" / run.ds / m / f"{src}__{net}.pt")
+                                           for m in methods}}
+                    outs = {m: (str(tmp / f"{m}.csv"), str(tmp / f"{m}.npz")) for m in methods}
+                    pipeline.ood_pair(run.spec(src), t, inputs, outs, device="cpu", fpr_rule=settings["fpr95"])
+                    for m in methods:
+                        new = pd.read_csv(outs[m][0])
+                        old = pd.read_csv(run.r / "ood" / run.ds / "scores" / m / f"{src}__{net}.csv")
+                        d = new.auroc.to_numpy() - old.auroc.to_numpy()
+                        rows.append({"variant": name, "arch": arch, "method": m, "stitches": len(d),
+                                     "mean ΔAUROC": d.mean(), "mean |ΔAUROC|": np.abs(d).mean(),
+                                     "max |ΔAUROC|": np.abs(d).max(),
+                                     "corr": np.corrcoef(new.auroc, old.auroc)[0, 1]})
+            print(f"{name}, {net}: {time.time() - start:.0f} s", flush=True)
+    print("\nAUROC of the run's stitches into the seed-0 networks, detectors retrained with each variant − the "
+          "run's own detectors:")
+    print(pd.DataFrame(rows).groupby(["variant", "arch", "method"]).agg(
+        stitches=("stitches", "sum"), mean_diff=("mean ΔAUROC", "mean"), mean_abs=("mean |ΔAUROC|", "mean"),
+        max_abs=("max |ΔAUROC|", "max"), corr=("corr", "mean")).round(3).to_string())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, help="the finished run's results folder")
+    ap.add_argument("--config", type=Path, default=Path("config.yaml"))
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    run = Run(args.results, args.config)
+    for part in args.parts:
+        start = time.time()
+        print(f"\n=== {part}")
+        globals()[f"part_{part}"](run)
+        print(f"({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
