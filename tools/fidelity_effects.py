@@ -93,18 +93,22 @@ def part_indices(run: Run) -> None:
                     ranks.append({"net": net, "layer": layer, "reshape": reshape, **r})
     ranks = pd.DataFrame(ranks)
     print(f"\nlayer factorisations whose rank differs between rank_scale columns and global: "
-          f"{int((ranks.columns != ranks['global']).sum())} of {len(ranks)}")
+          f"{int((ranks['columns'] != ranks['global']).sum())} of {len(ranks)}")
     print(ranks[ranks["columns"] != ranks["global"]].to_string(index=False))
     print("\nTable 1 of the run's indices vs this code's:")
     print(pd.concat({"run": table1(old), "now": table1(new)}, axis=1).to_string())
 
 
 def part_pwcca(run: Run) -> None:
-    rows = []
+    rows, values = [], {}
     for count in ("rank", "paper1"):
-        long = pd.concat([run.indices(a, measures=["pwcca"], pwcca_count=count) for a in run.archs])
+        values[count] = long = pd.concat([run.indices(a, measures=["pwcca"], pwcca_count=count) for a in run.archs])
         rows.append(table1(long).rename(index={"PWCCA": f"PWCCA ({count})"}))
-    print("Table 1, PWCCA by similarity.pwcca_count:")
+    d = values["paper1"].assign(diff=(values["paper1"].value - values["rank"].value).abs().to_numpy())
+    print("PWCCA, |paper1 − rank| per layer pair:")
+    print(d.groupby(["source_arch", "setting"])["diff"].agg(
+        pairs="count", differ=lambda x: int((x > 1e-6).sum()), max="max", mean="mean").round(3).to_string())
+    print("\nTable 1, PWCCA by similarity.pwcca_count:")
     print(pd.concat(rows).to_string())
 
 
@@ -241,10 +245,14 @@ def main() -> None:
     ap.add_argument("results", type=Path, help="the finished run's results folder")
     ap.add_argument("--config", type=Path, default=Path("config.yaml"))
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--archs", nargs="+", help="paper 1's architectures to use (default: all of the config's)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     run = Run(args.results, args.config)
+    if args.archs:
+        run.archs = args.archs
+        run.pairs = [p for p in run.pairs if sconf.parse_network(p[0])[0] in args.archs]
     for part in args.parts:
         start = time.time()
         print(f"\n=== {part}")
