@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stitchlib import catalog
 from stitchlib.models import CifarResNet
 from stitchlib.progress import Progress
 from stitchlib.train import make_optimizer, set_epoch_lr
@@ -43,19 +44,10 @@ log = logging.getLogger(__name__)
 
 Array = torch.Tensor | np.ndarray
 
-#: Detector sizes per layout: paper 1's (ResNet-18 at 32×32, ViT-Ti); configs pass smaller ones for the digits.
-DEFAULT_SIZE: dict[str, dict[str, Any]] = {
-    "conv": {"width": 64, "input_size": 32, "stage_blocks": [2, 2, 2, 2]},
-    "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0, "positional": True},
-}
-
-#: Training defaults: stage 1 (pretrain, cross-entropy) and stage 2 (finetune, outlier exposure).
-DEFAULT_CFG: dict[str, dict[str, Any]] = {
-    "pretrain": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 128,
-                 "schedule": "constant", "lr_step": "epoch"},
-    "finetune": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 256,
-                 "schedule": "cosine", "lr_step": "epoch", "m_in": -25.0, "m_out": -7.0, "energy_weight": 0.1},
-}
+#: Detector sizes per layout and training defaults (stage 1 pretrain, stage 2 finetune): facts of stitchlib.catalog,
+#: where the torch-free config check reads them too.
+DEFAULT_SIZE: dict[str, dict[str, Any]] = catalog.DETECTOR_SIZE
+DEFAULT_CFG: dict[str, dict[str, Any]] = catalog.DETECTOR_TRAINING
 
 
 # ----------------------------------------------------------------------------- detectors
