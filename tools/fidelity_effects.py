@@ -249,10 +249,14 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("config.yaml"))
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--archs", nargs="+", help="paper 1's architectures to use (default: all of the config's)")
+    ap.add_argument("--seeds", nargs="+", type=int, help="the seeds to use (default: all of the config's)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     run = Run(args.results, args.config)
+    if args.seeds:
+        run.cfg["seeds"] = args.seeds
+        run.pairs = [p for p in run.pairs if all(sconf.parse_network(n)[1] in args.seeds for n in p)]
     if args.archs:
         run.archs = args.archs
         run.pairs = [p for p in run.pairs if sconf.parse_network(p[0])[0] in args.archs]
