@@ -59,6 +59,12 @@ class Run:
     def arch_pairs(self, arch: str) -> list[tuple[str, str]]:
         return [p for p in self.pairs if sconf.parse_network(p[0])[0] == arch]
 
+    def finished(self, kind: str, method: str, suffix: str) -> list[tuple[str, str]]:
+        """The pairs whose ``kind`` ('stitching' or 'ood/scores') files for ``method`` exist (a run in progress)."""
+        done = [(s, t) for s, t in self.pairs if (self.r / kind / self.ds / method / f"{s}__{t}{suffix}").exists()]
+        print(f"({len(done)} of {len(self.pairs)} network pairs have {kind}/{method} files)")
+        return done
+
     def indices(self, arch: str, **settings) -> pd.DataFrame:
         nets = self.nets(arch)
         with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +122,7 @@ def part_pwcca(run: Run) -> None:
 def part_struct(run: Run, batch: int = 256) -> None:
     """DM(struct) of the run's DM stitches, whole ratio vs mean over batches of ``batch`` test images."""
     frames, diffs = [], []
-    for src, tgt in run.pairs:
+    for src, tgt in run.finished("stitching", "dm", ".csv"):
         s, t = run.spec(src), run.spec(tgt)
         path = run.r / "stitching" / run.ds / "dm" / f"{src}__{tgt}"
         st = pipeline._load_stitches(f"{path}.pt", s, t, run.acts(src, "test"), run.acts(tgt, "test"))
@@ -174,7 +180,7 @@ def part_dm_all(run: Run) -> None:
 def part_fpr(run: Run) -> None:
     diffs = []
     for m in run.cfg["stitching"]["methods"]:
-        for src, tgt in run.pairs:
+        for src, tgt in run.finished("ood/scores", m, ".npz"):
             e = np.load(run.r / "ood" / run.ds / "scores" / m / f"{src}__{tgt}.npz")
             for key in e.files:
                 if key.startswith("stitched/"):
