@@ -13,8 +13,9 @@ Parts (each prints a small table):
   dm_all     DM with dm.samples: all, the exact solve vs paper 1's pinv: how many layer pairs' accuracies differ
              (one intra and one inter network pair per architecture)
   fpr        FPR@95 of every stitch from the run's energies, at_least (default) vs closest (paper 1's code)
-  detectors  detectors of the seed-0 networks retrained with ood.preset paper1 (and with single choices of it),
-             the run's stitches scored by them: AUROC against the run's own detectors
+  detectors  per architecture, the detectors of the network with the most finished stitches into it, trained as
+             the config says and with ood.preset paper1 (and without positional embedding for ViTs), the run's
+             stitches into it scored by each: AUROC differences, and FPR@95 under both threshold rules
 """
 
 from __future__ import annotations
@@ -193,60 +194,81 @@ def part_fpr(run: Run) -> None:
                                           mean="mean", min="min", max="max").to_string())
 
 
-VARIANTS = {  # ood overrides: the whole preset and each of its training choices alone
+VARIANTS = {  # ood overrides: the config's own detectors, paper 1's preset, and one of its choices alone
+    "default": {},
     "paper1 preset": {"preset": "paper1"},
-    "lr stepped per iteration": {"finetune": {"lr_step": "iteration", "schedule": "multistep", "milestones": [2]}},
     "no positional embedding": {"detector": {"tokens": {"positional": False}}},
 }
 
 
-def part_detectors(run: Run, seed: int = 0) -> None:
-    rows = []
-    for name, override in VARIANTS.items():
-        o = run.cfg["ood"]
-        merged = {**o, **{k: ({**o[k], **v} if isinstance(v, dict) else v) for k, v in override.items()}}
-        if "detector" in override:
-            merged["detector"] = {k: {**o["detector"][k], **override["detector"].get(k, {})} for k in o["detector"]}
-        settings = sconf.ood_settings({**run.cfg, "ood": merged})
-        for arch in run.archs:
-            net = sconf.network_id(arch, run.cfg["seeds"][seed])
-            layout = io.layer_layout(run.acts(net, "test"), run.spec(net)["layers"][0])
-            if name == "no positional embedding" and layout != "tokens":
+def _ood_variant(run: Run, override: dict) -> dict:
+    o = run.cfg["ood"]
+    merged = {**o, **{k: v for k, v in override.items() if k != "detector"}}
+    merged["detector"] = {k: {**o["detector"][k], **override.get("detector", {}).get(k, {})} for k in o["detector"]}
+    return sconf.ood_settings({**run.cfg, "ood": merged})
+
+
+def _score(run: Run, net: str, sources: list[str], methods: list[str], settings: dict, tmp: Path) -> pd.DataFrame:
+    """Train ``net``'s detectors with ``settings`` and score the run's stitches from ``sources`` into it."""
+    t, dets = run.spec(net), []
+    for layer in t["layers"]:
+        inputs = {k: run.acts(net, k) for k in ("train", "test", "outliers", "heldout")}
+        pt, js = tmp / f"{layer}.pt", tmp / f"{layer}.json"
+        pipeline.train_detector(t, layer, inputs, {k: v for k, v in settings.items() if k != "fpr95"}, str(pt),
+                                str(js), device="cpu")
+        dets.append((str(pt), str(js)))
+    frames = []
+    for src in sources:
+        inputs = {"src_test": run.acts(src, "test"), "tgt_test": run.acts(net, "test"),
+                  "tgt_heldout": run.acts(net, "heldout"), "detectors": [d[0] for d in dets],
+                  "detector_specs": [d[1] for d in dets],
+                  "stitches": {m: str(run.r / "stitching" / run.ds / m / f"{src}__{net}.pt") for m in methods}}
+        outs = {m: (str(tmp / f"{src}_{m}.csv"), str(tmp / f"{src}_{m}.npz")) for m in methods}
+        pipeline.ood_pair(run.spec(src), t, inputs, outs, device="cpu", fpr_rule=settings["fpr95"])
+        for m in methods:
+            e = np.load(outs[m][1])
+            df = pd.read_csv(outs[m][0])
+            df["fpr95_closest"] = [ood.ood_metrics(e[f"in/{tl}"], e[f"stitched/{sl}/{tl}"], fpr_rule="closest")
+                                   ["fpr95"] for sl, tl in zip(df.source_layer, df.target_layer)]
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def part_detectors(run: Run) -> None:
+    """Per architecture, the network with the most finished stitches into it: its detectors trained as the config
+    says and with each variant, every finished DM/TLM stitch into it scored by both."""
+    rows, fpr = [], []
+    for arch in run.archs:
+        stitched = {n: [s for s in run.nets(arch)
+                        if (run.r / "stitching" / run.ds / "dm" / f"{s}__{n}.pt").exists()] for n in run.nets(arch)}
+        net = max(stitched, key=lambda n: len(stitched[n]))
+        methods = [m for m in run.cfg["stitching"]["methods"]
+                   if all((run.r / "stitching" / run.ds / m / f"{s}__{net}.pt").exists() for s in stitched[net])]
+        tokens = io.layer_layout(run.acts(net, "test"), run.spec(net)["layers"][0]) == "tokens"
+        scores = {}
+        for name, override in VARIANTS.items():
+            if name == "no positional embedding" and not tokens:
                 continue
-            t = run.spec(net)
             start = time.time()
             with tempfile.TemporaryDirectory() as tmp:
-                tmp = Path(tmp)
-                dets = []
-                for layer in t["layers"]:
-                    inputs = {k: run.acts(net, k) for k in ("train", "test", "outliers", "heldout")}
-                    pt, js = tmp / f"{layer}.pt", tmp / f"{layer}.json"
-                    pipeline.train_detector(t, layer, inputs, {k: v for k, v in settings.items() if k != "fpr95"},
-                                            str(pt), str(js), device="cpu")
-                    dets.append((str(pt), str(js)))
-                for src in run.nets(arch):
-                    methods = run.cfg["stitching"]["methods"]
-                    inputs = {"src_test": run.acts(src, "test"), "tgt_test": run.acts(net, "test"),
-                              "tgt_heldout": run.acts(net, "heldout"), "detectors": [d[0] for d in dets],
-                              "detector_specs": [d[1] for d in dets],
-                              "stitches": {m: str(run.r / "stitching" / run.ds / m / f"{src}__{net}.pt")
-                                           for m in methods}}
-                    outs = {m: (str(tmp / f"{m}.csv"), str(tmp / f"{m}.npz")) for m in methods}
-                    pipeline.ood_pair(run.spec(src), t, inputs, outs, device="cpu", fpr_rule=settings["fpr95"])
-                    for m in methods:
-                        new = pd.read_csv(outs[m][0])
-                        old = pd.read_csv(run.r / "ood" / run.ds / "scores" / m / f"{src}__{net}.csv")
-                        d = new.auroc.to_numpy() - old.auroc.to_numpy()
-                        rows.append({"variant": name, "arch": arch, "method": m, "stitches": len(d),
-                                     "mean ΔAUROC": d.mean(), "mean |ΔAUROC|": np.abs(d).mean(),
-                                     "max |ΔAUROC|": np.abs(d).max(),
-                                     "corr": np.corrcoef(new.auroc, old.auroc)[0, 1]})
-            print(f"{name}, {net}: {time.time() - start:.0f} s", flush=True)
-    print("\nAUROC of the run's stitches into the seed-0 networks, detectors retrained with each variant − the "
-          "run's own detectors:")
-    print(pd.DataFrame(rows).groupby(["variant", "arch", "method"]).agg(
-        stitches=("stitches", "sum"), mean_diff=("mean ΔAUROC", "mean"), mean_abs=("mean |ΔAUROC|", "mean"),
-        max_abs=("max |ΔAUROC|", "max"), corr=("corr", "mean")).round(3).to_string())
+                scores[name] = _score(run, net, stitched[net], methods, _ood_variant(run, override), Path(tmp))
+            print(f"{name}: {net} from {stitched[net]} ({', '.join(methods)}), {time.time() - start:.0f} s",
+                  flush=True)
+        base = scores.pop("default")
+        fpr.append(base.assign(arch=arch, diff=base.fpr95_closest - base.fpr95))
+        for name, df in scores.items():
+            for m, g in df.groupby("method"):
+                b = base[base.method == m]
+                d = g.auroc.to_numpy() - b.auroc.to_numpy()
+                rows.append({"variant": name, "arch": arch, "method": m, "stitches": len(d), "mean ΔAUROC": d.mean(),
+                             "mean |ΔAUROC|": np.abs(d).mean(), "max |ΔAUROC|": np.abs(d).max(),
+                             "corr": np.corrcoef(g.auroc, b.auroc)[0, 1]})
+    print("\nFPR@95, closest (paper 1's code) − at_least (default), the config's detectors:")
+    print(pd.concat(fpr).groupby(["arch", "method"])["diff"].agg(
+        stitches="count", changed=lambda x: int((x != 0).sum()), mean="mean", min="min", max="max")
+        .round(4).to_string())
+    print("\nAUROC with each variant's detectors − with the config's:")
+    print(pd.DataFrame(rows).round(3).to_string(index=False))
 
 
 def main() -> None:
