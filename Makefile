@@ -47,6 +47,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/bench_tlm.py
+	$(BIN)/python bench/bench_dm.py
 	$(BIN)/python bench/bench_similarity.py --quick
 	$(BIN)/python bench/bench_dag.py
 	$(BIN)/python bench/bench_integrity.py

@@ -254,7 +254,8 @@ def detector_inputs(w):
     return {split: acts(w.dataset, w.net, split) for split in ("train", "test", "outliers", "heldout")}
 
 
-DETECTOR_SETTINGS = {k: v for k, v in config["ood"].items() if k not in ("enabled", "outliers")}
+DETECTOR_SETTINGS = {k: v for k, v in sconf.ood_settings(config).items() if k != "fpr95"}
+FPR95 = sconf.ood_settings(config)["fpr95"]
 METHODS = config["stitching"]["methods"]
 
 

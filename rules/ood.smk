@@ -66,6 +66,7 @@ rule ood_scores:
         src=src_spec,
         tgt=tgt_spec,
         methods=METHODS,
+        fpr95=FPR95,
         device=DEVICE,
     script:
         "../workflow_scripts/ood_scores.py"

@@ -75,10 +75,11 @@ def activations(net: models.Stitchable, x: torch.Tensor, layers: Sequence[str] |
 
 
 def fit_dm(source: torch.Tensor, target: torch.Tensor, layout: str | None = None,
-           rcond: float = 1e-6) -> stitching.AffineStitch:
+           rcond: float = 1e-6, solver: str = "exact") -> stitching.AffineStitch:
     """Direct matching: the least-squares affine stitch from ``source`` to ``target`` activations of the same
     inputs (a 1×1 conv, after a bilinear resize to the target's size, for conv maps; one affine map for every
-    token). Solved exactly in float64 (minimum-norm, singular values below ``rcond`` × the largest cut).
+    token). Solved exactly in float64 (minimum-norm, singular values below ``rcond`` × the largest cut), or with
+    ``solver='pinv'`` as paper 1's code does (``stitching.LeastSquares``).
 
     >>> import stitchlib
     >>> h = torch.randn(50, 4, 8, 8)
@@ -88,7 +89,7 @@ def fit_dm(source: torch.Tensor, target: torch.Tensor, layout: str | None = None
     """
     layout = layout or ("conv" if source.dim() == 4 else "tokens")
     stitch = stitching.AffineStitch.between(tuple(source.shape[1:]), tuple(target.shape[1:]), layout)
-    return stitching.fit_dm(stitch, [source], [target], rcond=rcond)
+    return stitching.fit_dm(stitch, [source], [target], rcond=rcond, solver=solver)
 
 
 def train_tlm(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer: str, source: torch.Tensor,
@@ -140,11 +141,14 @@ def evaluate(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer:
 
 
 def compare(a: Any, b: Any, measures: Sequence[str] = ("lcka", "lcka_debiased", "pwcca", "opd"),
-            reshape: str | dict[str, str] | None = None, **options: Any) -> dict[str, float]:
+            reshape: str | dict[str, str] | None = None, rtol: float | None = None,
+            **options: Any) -> dict[str, float]:
     """Structural similarity indices of two activation arrays of the same inputs (numpy or torch; (n, p),
     (n, C, H, W) or (n, T, D)), computed in float64 from one factorisation per side. ``reshape``: one mode or
     one per measure (``flatten``, ``positions``, ``pool``, ``paper1``; see ``stitchlib.similarity``); default
-    the workflow's (paper 1's): CKA on flattened C·H·W, the CCA family and OPD in ``paper1`` mode.
+    the workflow's (paper 1's): CKA on flattened C·H·W, the CCA family and OPD in ``paper1`` mode. ``rtol``: the
+    rank tolerance of the factorisations; ``options``: those of ``similarity.pairwise`` (``pwcca_count='paper1'``
+    is paper 1's code's PWCCA).
 
     >>> import numpy as np, stitchlib
     >>> a = np.random.default_rng(0).normal(size=(500, 20))
@@ -159,8 +163,8 @@ def compare(a: Any, b: Any, measures: Sequence[str] = ("lcka", "lcka_debiased", 
         modes = {**config.DEFAULT_RESHAPE, **(reshape or {})}
     out = {}
     for m in measures:
-        loadings = catalog.MEASURES[m].needs_loadings or None
-        sa = similarity.layer_stats(a, name="a", reshape=modes[m], loadings=loadings)
-        sb = similarity.layer_stats(b, name="b", reshape=modes[m], loadings=loadings)
+        kw = dict(reshape=modes[m], loadings=catalog.MEASURES[m].needs_loadings or None, rtol=rtol,
+                  rank_scale=similarity.rank_scale_for([m]))
+        sa, sb = similarity.layer_stats(a, name="a", **kw), similarity.layer_stats(b, name="b", **kw)
         out[m] = float(similarity.pairwise([sa], [sb], [m], **options)[m][0, 0])
     return out

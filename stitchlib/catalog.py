@@ -81,7 +81,8 @@ RESHAPES: dict[str, str] = {  # how a conv map (C×H×W) or token sequence (T×D
     "flatten": "one row per sample, C·H·W (conv) or T·D (tokens) columns — paper 1's CKA input",
     "positions": "one row per sample and spatial position (n·H·W rows, C columns) or token (n·T rows, D columns)",
     "pool": "global average over spatial positions (conv) or tokens → n × C or n × D",
-    "paper1": "pair-dependent (paper 1's PWCCA/OPD code): 'positions' when both layers' shapes match, else 'pool'",
+    "paper1": "pair-dependent (paper 1's PWCCA/OPD code): 'positions' when both conv layers' shapes match or both "
+              "token layers have as many tokens, else 'pool'",
 }
 
 
@@ -237,13 +238,13 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 # exposure with Liu et al.'s energy margins: in-distribution energies pushed below m_in, outliers above m_out).
 DETECTOR_SIZE: dict[str, dict[str, object]] = {
     "conv": {"width": 64, "input_size": 32, "stage_blocks": [2, 2, 2, 2]},
-    "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0},
+    "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0, "positional": True},
 }
 DETECTOR_TRAINING: dict[str, dict[str, object]] = {
     "pretrain": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 128,
-                 "schedule": "constant"},
+                 "schedule": "constant", "lr_step": "epoch"},
     "finetune": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 256,
-                 "schedule": "cosine", "m_in": -25.0, "m_out": -7.0, "energy_weight": 0.1},
+                 "schedule": "cosine", "lr_step": "epoch", "m_in": -25.0, "m_out": -7.0, "energy_weight": 0.1},
 }
 
 

@@ -559,6 +559,31 @@ TLM_PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
 }
 
+# Paper 1's code's OOD detector choices (szegedai/stitching-ood: exec_train_representation_classifier.py defaults
+# -b 64, -e 100, -fe 20, stage 2 MultiStepLR([epochs // 2]) stepped per iteration; repr_cls_vit.py, no positional
+# embedding; energy_score.py's fpr_and_fdr_at_recall). The default preset keeps stitchlib.ood's choices.
+OOD_PRESETS: dict[str, dict[str, Any]] = {
+    "stitchlib": {},
+    "paper1": {"pretrain": {"batch_size": 64, "epochs": 100, "schedule": "constant", "lr_step": "epoch"},
+               "finetune": {"batch_size": 64, "epochs": 20, "schedule": "multistep", "gamma": 0.1,
+                            "lr_step": "iteration"},
+               "detector": {"tokens": {"positional": False}}, "fpr95": "closest"},
+}
+
+
+def ood_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The detector and scoring settings of ``ood``: the preset's values under the config's own keys; for paper1
+    stage 2's milestone is half its epochs (in iterations) unless ``ood.finetune.milestones`` is set."""
+    o, preset = cfg["ood"], OOD_PRESETS[cfg["ood"]["preset"]]
+    out = {"seed": o["seed"], "detector": {k: {**preset.get("detector", {}).get(k, {}), **o["detector"][k]}
+                                           for k in ("conv", "tokens")},
+           **{k: {**preset.get(k, {}), **o[k]} for k in ("pretrain", "finetune")},
+           "fpr95": o["fpr95"] or preset.get("fpr95", "at_least")}
+    if o["preset"] == "paper1" and "milestones" not in o["finetune"]:
+        out["finetune"]["milestones"] = [out["finetune"]["epochs"] // 2]
+    return canonical(out)
+
+
 CONTROLS = {  # condition -> (sender state, receiver state)
     "trained": ("trained", "trained"), "random_sender": ("random", "trained"),
     "random_receiver": ("trained", "random"), "random_both": ("random", "random"),

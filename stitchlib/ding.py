@@ -91,8 +91,8 @@ class LowRank:
             acc.update(r, np.zeros((len(r), 0)))
         if acc is None or acc.n < 2:
             raise ValueError("low-rank approximation needs at least two rows")
-        mean = acc.sx / acc.n
-        evals, evecs = np.linalg.eigh(acc.xx - acc.n * np.outer(mean, mean))
+        mean, _, cov, _ = acc.centred()
+        evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1]
         return cls(mean, evecs[:, order], np.clip(evals[order], 0, None) / (acc.n - 1))
 
@@ -205,13 +205,13 @@ class _Comparer:
 
     def _stats(self, h: np.ndarray, name: str) -> dict[str, Any]:
         h = h[: self.n]
-        out = {}
+        out, keys = {}, {}
         for m in self.measures:
-            reshape = self.settings["reshape"][m]
-            key = (reshape, catalog.MEASURES[m].needs_loadings)
-            if key not in out:
-                out[key] = sim.layer_stats(h, name=name, reshape=reshape, layout=self.layout,
-                                           loadings=True if key[1] else None)
+            keys.setdefault((self.settings["reshape"][m], catalog.MEASURES[m].needs_loadings), []).append(m)
+        for key, ms in keys.items():
+            out[key] = sim.layer_stats(h, name=name, reshape=key[0], layout=self.layout,
+                                       loadings=True if key[1] else None, rtol=self.settings.get("rtol"),
+                                       rank_scale=sim.rank_scale_for(ms))
         return out
 
     def __call__(self, src_fit: np.ndarray, src_test: np.ndarray, name: str) -> dict[str, float]:

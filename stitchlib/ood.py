@@ -9,8 +9,15 @@ score −E separates the receiver's own activations from stitched ones T(f≤i(x
 
 Detectors: conv maps (N, C, H, W) → a CIFAR ResNet whose stem takes C channels, the map resized bilinearly to
 ``input_size`` (paper 1: ResNet-18, 32×32); tokens (N, T, D) → a ViT encoder fed the tokens directly (linear
-projection D → hidden when they differ, learned positional embedding, classification on token 0; paper 1: ViT-Ti).
+projection D → hidden when they differ, a learned positional embedding unless ``positional=False``,
+classification on token 0; paper 1: ViT-Ti "without the initial embedding sections", i.e. no positional embedding).
 Outliers: crops of scikit-learn's two sample photographs (embedded default) or 300K Random Images (paper).
+
+Paper 1's code (szegedai/stitching-ood: exec_train_representation_classifier.py, nn_stitching/utils/ood/) differs
+from the defaults here in three choices, all available (``stitchlib.config.OOD_PRESETS['paper1']``, config
+``ood.preset: paper1``): its stage-2 learning rate is a MultiStepLR at half the epochs stepped once per *iteration*
+(``lr_step='iteration'``), its token detector has no positional embedding (``positional=False``), and its FPR@95
+takes the threshold whose TPR is *closest* to 95 % (``fpr_rule='closest'``, which may sit below 95 %).
 """
 
 from __future__ import annotations
@@ -60,11 +67,13 @@ class ConvDetector(nn.Module):
 
 
 class TokenDetector(nn.Module):
-    """ViT encoder on a token sequence (N, T, D): D → hidden projection, torchvision ``Encoder`` (its own learned
-    positional embedding, pre-norm blocks, final LayerNorm), linear head on token 0 (the CLS slot)."""
+    """ViT encoder on a token sequence (N, T, D): D → hidden projection, torchvision ``Encoder`` (pre-norm blocks,
+    final LayerNorm; its own learned positional embedding, or with ``positional=False`` none, as paper 1's
+    detector, whose input tokens already carry the network's positional information), linear head on token 0
+    (the CLS slot)."""
 
     def __init__(self, tokens: int, dim: int, num_classes: int, hidden_dim: int, depth: int, heads: int,
-                 mlp_dim: int, dropout: float):
+                 mlp_dim: int, dropout: float, positional: bool = True):
         super().__init__()
         from torchvision.models.vision_transformer import Encoder
 
@@ -72,6 +81,9 @@ class TokenDetector(nn.Module):
         self.encoder = Encoder(seq_length=tokens, num_layers=depth, num_heads=heads, hidden_dim=hidden_dim,
                                mlp_dim=mlp_dim, dropout=dropout, attention_dropout=dropout,
                                norm_layer=partial(nn.LayerNorm, eps=1e-6))
+        if not positional:  # the encoder adds a constant zero (a buffer outside the state dict)
+            del self.encoder.pos_embedding
+            self.encoder.register_buffer("pos_embedding", torch.zeros(1, tokens, hidden_dim), persistent=False)
         self.head = nn.Linear(hidden_dim, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -83,7 +95,7 @@ def build_detector(layout: str, sample_shape: tuple[int, ...] | list[int], num_c
     """A detector for per-sample activations of ``sample_shape`` ((C, H, W) for 'conv', (T, D) for 'tokens').
 
     ``size`` overrides :data:`DEFAULT_SIZE` [layout] (conv: width, input_size, stage_blocks; tokens: hidden_dim,
-    depth, heads, mlp_dim, dropout). The result carries ``.spec``, a JSON-serialisable dict that rebuilds it
+    depth, heads, mlp_dim, dropout, positional). The result carries ``.spec``, a JSON-serialisable dict that rebuilds it
     (see :func:`load_detector`).
     """
     if layout not in DEFAULT_SIZE:
@@ -156,7 +168,11 @@ def energy(detector: nn.Module, acts: Array, batch_size: int = 256) -> np.ndarra
 
 # ----------------------------------------------------------------------------- metrics
 
-def ood_metrics(energy_in: np.ndarray, energy_other: np.ndarray, tpr_level: float = 0.95) -> dict[str, float]:
+FPR_RULES = ("at_least", "closest")
+
+
+def ood_metrics(energy_in: np.ndarray, energy_other: np.ndarray, tpr_level: float = 0.95,
+                fpr_rule: str = "at_least") -> dict[str, float]:
     """Separability of ``energy_other`` from the in-distribution ``energy_in``.
 
     Convention (Liu et al.; paper 1): score s = −E, positive class = in-distribution (label 1 for ``energy_in``,
@@ -165,26 +181,40 @@ def ood_metrics(energy_in: np.ndarray, energy_other: np.ndarray, tpr_level: floa
     - auroc = P(s_in > s_other) + ½ P(tie) (``roc_auc_score``): 0.5 = indistinguishable, near 1 = the other set
       is clearly OOD (it has higher energy), near 0 = the other set looks *more* in-distribution than the ID set.
     - aupr = average precision with ID as positive (AUPR-In, ``average_precision_score``).
-    - fpr95 = fraction of the other set with s ≥ τ, τ the highest threshold reaching TPR ≥ ``tpr_level`` on the
-      ID set (from ``roc_curve``): 0 = perfect separation, about 0.95 = indistinguishable.
+    - fpr95 = fraction of the other set with s ≥ τ: with ``fpr_rule='at_least'`` τ is the highest threshold
+      reaching TPR ≥ ``tpr_level`` on the ID set (from ``roc_curve``; the usual definition, Liu et al.'s paper):
+      0 = perfect separation, about 0.95 = indistinguishable. ``'closest'`` is paper 1's code (Hendrycks et al.'s
+      ``fpr_and_fdr_at_recall``): among the thresholds at the distinct scores down to the first reaching TPR = 1,
+      the one whose TPR is closest to ``tpr_level`` (the lowest of equally close ones), so its TPR may be below it.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+    if fpr_rule not in FPR_RULES:
+        raise ValueError(f"fpr_rule must be one of {FPR_RULES}, got {fpr_rule!r}")
     e_in, e_other = np.asarray(energy_in, np.float64).ravel(), np.asarray(energy_other, np.float64).ravel()
     if not (np.isfinite(e_in).all() and np.isfinite(e_other).all()):
         raise ValueError("non-finite energies: the detector or the activations diverged")
     y = np.r_[np.ones(len(e_in)), np.zeros(len(e_other))]
     s = -np.r_[e_in, e_other]
-    fpr, tpr, _ = roc_curve(y, s)
+    if fpr_rule == "at_least":
+        fpr, tpr, _ = roc_curve(y, s)
+        fpr95 = fpr[np.searchsorted(tpr, tpr_level - 1e-12)]
+    else:
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)  # one point per distinct score, TPR ascending
+        cand = np.arange(1, int(np.argmax(tpr >= 1)) + 1)
+        gap = np.abs(tpr[cand] - tpr_level)
+        fpr95 = fpr[cand[np.flatnonzero(gap == gap.min())[-1]]]
     return {"auroc": float(roc_auc_score(y, s)), "aupr": float(average_precision_score(y, s)),
-            "fpr95": float(fpr[np.searchsorted(tpr, tpr_level - 1e-12)]),
+            "fpr95": float(fpr95),
             "energy_in_mean": float(e_in.mean()), "energy_other_mean": float(e_other.mean())}
 
 
-def ood_scores(detector: nn.Module, in_acts: Array, other_acts: Array, batch_size: int = 256) -> dict[str, float]:
+def ood_scores(detector: nn.Module, in_acts: Array, other_acts: Array, batch_size: int = 256,
+               fpr_rule: str = "at_least") -> dict[str, float]:
     """:func:`ood_metrics` of ``other_acts`` (e.g. stitched activations of the test images) against ``in_acts``
     (the receiving network's own activations at that layer, the positive class). AUROC near 1 = clearly OOD."""
-    return ood_metrics(energy(detector, in_acts, batch_size), energy(detector, other_acts, batch_size))
+    return ood_metrics(energy(detector, in_acts, batch_size), energy(detector, other_acts, batch_size),
+                       fpr_rule=fpr_rule)
 
 
 # ----------------------------------------------------------------------------- training
@@ -203,6 +233,23 @@ def _cycled(n: int, count: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:count]
 
 
+def _lr_stepper(opt: torch.optim.Optimizer, stage: dict[str, Any]) -> Callable[..., None]:
+    """Sets the stage's learning rate: called with epoch= at the start of each epoch and with no argument before
+    each batch; acts on the one its ``lr_step`` ('epoch' or 'iteration') names."""
+    if stage.get("lr_step", "epoch") not in ("epoch", "iteration"):
+        raise ValueError(f"lr_step must be 'epoch' or 'iteration', got {stage['lr_step']!r}")
+    per_iteration, iteration = stage.get("lr_step", "epoch") == "iteration", [0]
+
+    def step(epoch: int | None = None) -> None:
+        if epoch is not None and not per_iteration:
+            set_epoch_lr(opt, stage, epoch)
+        elif epoch is None and per_iteration:
+            set_epoch_lr(opt, stage, iteration[0])
+            iteration[0] += 1
+
+    return step
+
+
 def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_acts: Array,
                    cfg: dict[str, Any] | None = None, *, seed: int, device: torch.device | str = "cpu",
                    progress: Callable[[str], None] = log.info) -> dict[str, Any]:
@@ -213,10 +260,14 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     and b ``outlier_acts`` (cycled through random permutations), passed through the detector together (shared
     BatchNorm statistics, as in Liu et al.), loss :func:`oe_loss` with m_in, m_out, energy_weight.
 
-    Both stages use :func:`stitchlib.train.make_optimizer` and set the learning rate once per EPOCH
-    (``set_epoch_lr``: lr · lr_factor(cfg, epoch), e.g. cosine over the fine-tuning epochs). The public
-    stitching-ood / energy_ood code steps its cosine LambdaLR once per ITERATION while computing it from the
-    epoch count, a bug that anneals the rate far too early; this is deliberately not reproduced.
+    Both stages use :func:`stitchlib.train.make_optimizer` and set the learning rate once per epoch
+    (``set_epoch_lr``: lr · lr_factor(cfg, epoch), e.g. cosine over the fine-tuning epochs), or with a stage's
+    ``lr_step='iteration'`` once per iteration, the schedule then counting iterations where it names epochs.
+    That is paper 1's code (stitching-ood): its stage 2 builds ``MultiStepLR(milestones=[epochs // 2], 0.1)`` and
+    steps it after every batch, so the rate falls tenfold after epochs // 2 *iterations* (10 of ≈ 1,600 per epoch
+    on CIFAR-10) and stage 2 runs at a tenth of the rate it names; its stage 1 steps per epoch. (Liu et al.'s
+    energy_ood also steps per iteration, correctly: its cosine runs over epochs × iterations steps.) The default
+    steps per epoch, the schedule as written.
     """
     cfg = _merge_cfg(cfg)
     device = torch.device(device)
@@ -235,11 +286,13 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     pre = cfg["pretrain"]
     meter = Progress(pre["epochs"] + cfg["finetune"]["epochs"], "detector epoch")
     opt = make_optimizer(detector.parameters(), pre)
+    lr_at = _lr_stepper(opt, pre)
     for epoch in range(pre["epochs"]):
-        set_epoch_lr(opt, pre, epoch)
+        lr_at(epoch=epoch)
         detector.train()
         order, total = torch.randperm(len(x), generator=g), 0.0
         for i in range(0, len(x), pre["batch_size"]):
+            lr_at()
             idx = order[i:i + pre["batch_size"]]
             loss = F.cross_entropy(detector(x[idx].to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -253,11 +306,13 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     fin = cfg["finetune"]
     b = max(1, fin["batch_size"] // 2)
     opt = make_optimizer(detector.parameters(), fin)
+    lr_at = _lr_stepper(opt, fin)
     for epoch in range(fin["epochs"]):
-        set_epoch_lr(opt, fin, epoch)
+        lr_at(epoch=epoch)
         detector.train()
         order, out_order, total = torch.randperm(len(x), generator=g), _cycled(len(xo), len(x), g), 0.0
         for i in range(0, len(x), b):
+            lr_at()
             idx, odx = order[i:i + b], out_order[i:i + b]
             logits = detector(torch.cat([x[idx], xo[odx]]).to(device))
             loss = oe_loss(logits[:len(idx)], y[idx].to(device), logits[len(idx):], fin["m_in"], fin["m_out"],

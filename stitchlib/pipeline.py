@@ -213,7 +213,8 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, 
         for tl in tgt_spec["layers"]:
             st = new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch)
             tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
-            stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"])
+            stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"],
+                                                   solver=settings.get("solver", "exact"))
     return stitches
 
 
@@ -229,10 +230,11 @@ PER_IMAGE = ("correct", "err", "norm", "receiver")
 
 
 def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
-                  tgt_test: str, method: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance; and the per-image
-    terms of those numbers for the bootstrap over test images (:data:`PER_IMAGE`): 'correct', 'err', 'norm'
-    (rows × images, in the rows' order) and 'receiver' (the receiver's own correctness per image)."""
+                  tgt_test: str, method: str, struct: str = "whole") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance (``struct``: see
+    ``stitching.evaluate``); and the per-image terms of those numbers for the bootstrap over test images
+    (:data:`PER_IMAGE`): 'correct', 'err', 'norm' (rows × images, in the rows' order) and 'receiver' (the
+    receiver's own correctness per image)."""
     labels = torch.as_tensor(io.read_array(tgt_test, "labels"))
     task = tasks.for_dataset(tgt_spec["dataset"])
     logits = torch.as_tensor(io.read_array(tgt_test, "logits"))
@@ -245,7 +247,8 @@ def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: d
         src = torch.as_tensor(io.read_layer(src_test, sl))
         for ti, tl in enumerate(tgt_spec["layers"]):
             st = stitches[_stitch_key(sl, tl)].to(dev)
-            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task, per_image=True)
+            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task, struct=struct,
+                         per_image=True)
             out.append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                         "accuracy": r["accuracy"], "receiver_accuracy": receiver_acc,
                         "relative_accuracy": r["accuracy"] / receiver_acc, "struct": r["struct"]})
@@ -286,7 +289,8 @@ def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: di
                            conv_stitch=conv_stitch)
     log.info("fitted %d DM stitches in %.1f s", len(stitches), time.time() - start)
     receiver = models.fold_batchnorm(load_network(tgt_spec, inputs["tgt_ckpt"], dev))  # frozen: BN folded
-    df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm")
+    df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm",
+                               struct=settings.get("struct", "whole"))
     _save_stitches(out_pt, stitches)
     io.write_npz(out_npz or Path(out_csv).with_suffix(".npz"), images)
     io.write_csv(df, out_csv)
@@ -351,8 +355,11 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
         check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
     measures = settings["measures"]
-    opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
+    opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"],
+            "pwcca_count": settings.get("pwcca_count", "rank")}
     with_loadings = {settings["reshape"][m] for m in measures if catalog.MEASURES[m].needs_loadings}
+    rank_scale = {r: sim.rank_scale_for([m for m in measures if settings["reshape"][m] == r])
+                  for r in set(settings["reshape"].values())}  # scale-invariant ranks where a CCA-family index reads
     stats: dict[tuple[str, str, str], Any] = {}
 
     def get(net: str, layer: str, reshape: str):
@@ -360,7 +367,8 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
         if key not in stats:
             try:
                 stats[key] = sim.layer_stats_h5(test_h5[net], layer, reshape=reshape, n=n,
-                                                loadings=True if reshape in with_loadings else None)
+                                                loadings=True if reshape in with_loadings else None,
+                                                rtol=settings.get("rtol"), rank_scale=rank_scale[reshape])
             except sim.DegenerateInput as e:  # e.g. a constant layer: every pair with it is undefined
                 stats[key] = e
         if isinstance(stats[key], Exception):
@@ -475,7 +483,7 @@ def stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> t
 
 
 def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: dict[str, tuple[str, str]],
-             device: str = "auto") -> None:
+             device: str = "auto", fpr_rule: str = "at_least") -> None:
     """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
     stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``inputs['detectors']`` and
@@ -500,7 +508,7 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
                 e = ood.energy(det, stitched(st[_stitch_key(sl, tl)].to(dev), sources[sl]))
                 energies[method][f"stitched/{sl}/{tl}"] = e
                 rows[method].append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
-                                     **ood.ood_metrics(e_in, e)})
+                                     **ood.ood_metrics(e_in, e, fpr_rule=fpr_rule)})
     for method, (out_csv, out_npz) in outputs.items():
         io.write_csv(pd.DataFrame(rows[method]), out_csv)
         io.write_npz(out_npz, energies[method])

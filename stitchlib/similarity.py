@@ -14,10 +14,15 @@ The factorisation takes the cheaper of two routes (both in float64, the data cen
   * ``"gram"`` (p ≥ rows): eigh of the n × n Gram K = A_c A_cᵀ = U S² Uᵀ;
   * ``"cov"``  (p < rows): eigh of the p × p covariance A_cᵀ A_c = V S² Vᵀ, then U, S from a thin SVD of A_c V
     (n × r), which restores orthonormality of U to machine precision.
-No p × p matrix is formed when p ≥ rows.  Directions with s_i ≤ rtol · s_max are dropped (numerical rank r;
-default rtol = sqrt(16 · max(rows, p) · eps), i.e. eigenvalues below 16 · max(rows, p) · eps · λ_max, the matrix-rank
-rule applied to K or AᵀA).  Data are read in row blocks (a block of samples at a time), so an HDF5 file is
-streamed; the Gram route reads each pair of blocks once (blocks·(blocks+1)/2 block reads).
+No p × p matrix is formed when p ≥ rows.  The numerical rank r counts singular values above rtol · s_max (default
+rtol = sqrt(16 · max(rows, p) · eps), i.e. eigenvalues above 16 · max(rows, p) · eps · λ_max, the matrix-rank rule
+applied to K or AᵀA) of the columns scaled to unit norm (``rank_scale="columns"``, the default): a rescaled column
+(a channel 1e-9 times smaller) keeps its direction, so CCA, R² and DM(struct), which are invariant to such rescaling,
+are too.  U and s are then the exact SVD of X_c on those r directions (the r × p factor's SVD rotates them; on the
+gram route this costs a second n × n Gram matrix, so statistics used only by CKA/OPD take ``rank_scale="global"``,
+the rank of X_c as it is).  The tolerance is the stats' own: `pairwise` checks it when given one.  Data are read
+in row blocks (a block of samples at a time), so an HDF5 file is streamed; the Gram route reads each pair of blocks
+once (blocks·(blocks+1)/2 block reads).
 
 Arrays and devices: numpy arrays and CPU torch tensors are converted block by block to float64 numpy and all
 linear algebra uses numpy/scipy.linalg; CUDA (or other non-CPU) torch tensors stay on their device and everything,
@@ -26,7 +31,8 @@ pair products included, runs in torch float64 there.  A LayerStats holds either 
 
 Conv / token activations become a 2-D matrix by an explicit ``reshape`` (see `RESHAPES`); ``"paper1"`` is
 pair-dependent and yields a `Paper1Stats` holding both the "positions" and the "pool" factorisation (computed
-eagerly); `pairwise` picks "positions" for pairs whose per-sample activation shapes are identical, else "pool".
+eagerly); `pairwise` picks "positions" for pairs of conv maps of identical shapes or of token sequences of the same
+length, else "pool" (`Paper1Stats`).
 
 Degenerate regimes: centring leaves n − 1 dimensions, so a layer of rank ≥ n − 1 spans every centred sample
 direction; then all canonical correlations and the in-sample R² are exactly 1.  CCA-family measures, R²_LR and
@@ -53,7 +59,8 @@ import scipy.linalg
 from stitchlib import catalog
 
 __all__ = [
-    "DegenerateInput", "LayerStats", "Paper1Stats", "KERNELS", "RESHAPES", "layer_stats",
+    "DegenerateInput", "LayerStats", "Paper1Stats", "KERNELS", "RESHAPES", "RANK_SCALES", "PWCCA_COUNTS",
+    "SPAN_MEASURES", "rank_scale_for", "layer_stats",
     "layer_stats_h5", "pairwise", "similarity", "lcka", "lcka_debiased", "pwcca", "mean_cca", "svcca", "opd",
     "r2_lr", "dm_struct",
 ]
@@ -68,6 +75,15 @@ class DegenerateInput(ValueError):
 
 Reshape = Literal["flatten", "positions", "pool", "paper1"]
 RESHAPES = catalog.RESHAPES
+RANK_SCALES: dict[str, str] = {
+    "columns": "the numerical rank of the centred columns scaled to unit norm: invariant to rescaling any column, "
+               "as CCA, R² and DM(struct) are (constant columns, ‖x_c‖² ≤ 1e-20‖x‖², count as zero)",
+    "global": "the numerical rank of the centred matrix as it is: directions of columns many orders of magnitude "
+              "smaller than the largest fall below the cutoff (cheaper on the gram route: one Gram matrix, not two)",
+}
+#: Indices whose value depends on the span of a layer's columns, each column at any scale (CCA, R², DM(struct)):
+#: statistics that feed them decide their rank with rank_scale="columns" (`rank_scale_for`).
+SPAN_MEASURES = frozenset({"pwcca", "mean_cca", "svcca", "r2_lr", "dm_struct"})
 _BLOCK_ELEMENTS = 2**25  # float64 elements per row block by default (256 MB)
 
 
@@ -130,9 +146,10 @@ class LayerStats:
     """Factorisation of one layer's centred activation matrix X_c (n rows × p columns), X_c ≈ U diag(s) Vᵀ.
 
     U (n × r, orthonormal) and s (r, descending) are the left singular vectors and singular values of X_c at
-    numerical rank r; gram_diag = diag(X_c X_cᵀ) (n,), needed by the unbiased HSIC; loadings = X_cᵀ U = V diag(s)
-    (p × r), the projections of every neuron on the orthonormal sample basis, needed by PWCCA only (kept by
-    default on the "cov" route, where p < n makes it no larger than U).  shape is the per-sample activation shape
+    numerical rank r (decided as `rank_scale` and `rtol` say, see `RANK_SCALES`); gram_diag = diag(X_c X_cᵀ) (n,),
+    needed by the unbiased HSIC; loadings = X_cᵀ U = V diag(s) (p × r), the projections of every neuron on the
+    orthonormal sample basis, needed by PWCCA only (kept by default on the "cov" route, where p < n makes it no
+    larger than U).  shape is the per-sample activation shape
     before reshaping; n counts rows after reshaping (samples × positions for "positions").
     """
 
@@ -147,6 +164,8 @@ class LayerStats:
     s: Array
     gram_diag: Array
     loadings: Array | None
+    rtol: float | None = None
+    rank_scale: str = "columns"
 
     @property
     def rank(self) -> int:
@@ -159,7 +178,12 @@ class LayerStats:
 
 @dataclass(frozen=True, eq=False)
 class Paper1Stats:
-    """Both factorisations paper 1's PWCCA/OPD code may need; `resolve` picks one per layer pair."""
+    """Both factorisations paper 1's PWCCA/OPD code may need; `resolve` picks one per layer pair.
+
+    Paper 1's code (``resize_for_cca2``): conv maps of identical shape → every position a sample, otherwise pooled;
+    token sequences with the same number of tokens → every token a sample, each layer keeping its own width (the
+    code as written reshapes A with B's width there and raises unless the widths are equal; this is its evident
+    intent), otherwise mean over tokens.  2-D layers are used as they are."""
 
     name: str | None
     shape: tuple[int, ...]
@@ -168,12 +192,14 @@ class Paper1Stats:
 
     @staticmethod
     def resolve(a: Stats, b: Stats) -> tuple[LayerStats, LayerStats]:
-        """Positions as samples when the per-sample shapes are identical, globally pooled otherwise."""
+        """Positions as samples when the conv shapes are identical or the token counts equal, pooled otherwise."""
         if isinstance(a, Paper1Stats) != isinstance(b, Paper1Stats):
             raise ValueError(f"cannot pair a 'paper1' layer with a fixed-reshape layer ({a.name!r}, {b.name!r})")
         if not isinstance(a, Paper1Stats):
             return a, b
-        key = "positions" if a.shape == b.shape else "pool"
+        tokens = len(a.shape) == len(b.shape) == 2
+        same = a.shape[0] == b.shape[0] if tokens else a.shape == b.shape
+        key = "positions" if same else "pool"
         return getattr(a, key), getattr(b, key)
 
 
@@ -212,19 +238,22 @@ def _rows(x: Array, reshape: str, layout: str | None) -> Array:
 
 
 def _factorise(blocks: Callable[[], Iterator[Array]], rows: int, p: int, *, name: str | None, route: str,
-               rtol: float | None, loadings: bool | None, shape: tuple[int, ...], reshape: str) -> LayerStats:
+               rtol: float | None, loadings: bool | None, shape: tuple[int, ...], reshape: str,
+               rank_scale: str = "columns") -> LayerStats:
     """Centre in float64 (pass 1: column means), then factorise by the Gram or the covariance route."""
     if rows < 2:
         raise DegenerateInput(f"layer {name!r}: need at least 2 rows, got {rows}")
     route = ("gram" if p >= rows else "cov") if route == "auto" else route
     if route not in ("gram", "cov"):
         raise ValueError(f"route must be 'auto', 'gram' or 'cov', got {route!r}")
-    total, sumsq = 0.0, 0.0
+    if rank_scale not in RANK_SCALES:
+        raise ValueError(f"rank_scale must be one of {list(RANK_SCALES)}, got {rank_scale!r}")
+    total, colsq = 0.0, 0.0
     for x in blocks():
         if not _ops(x).all_finite(x):
             raise ValueError(f"layer {name!r}: activations contain NaN or inf")
-        total, sumsq = total + x.sum(0), sumsq + float((x * x).sum())
-    mean = total / rows
+        total, colsq = total + x.sum(0), colsq + (x * x).sum(0)
+    mean, sumsq = total / rows, float(colsq.sum())
     ops = _ops(mean)
 
     def centred() -> Iterator[tuple[int, int, Array]]:
@@ -233,30 +262,56 @@ def _factorise(blocks: Callable[[], Iterator[Array]], rows: int, p: int, *, name
             yield lo, lo + x.shape[0], x - mean
             lo += x.shape[0]
 
+    def column_scale(d: Array) -> Array:
+        """1/‖column‖ of the centred live columns, 0 for constant ones (‖x_c‖² ≤ 1e-20 ‖x‖²: the rounding of the
+        mean only)."""
+        live = d > 1e-20 * colsq
+        return live * (d * live + ~live) ** -0.5
+
     tol = 16 * max(rows, p) * np.finfo(np.float64).eps if rtol is None else rtol**2
     if route == "gram":  # K = X_c X_cᵀ block by block (each pair of row blocks once), then eigh(K) = U S² Uᵀ
+        w = None if rank_scale == "global" else column_scale(sum((xc * xc).sum(0) for _, _, xc in centred()))
         K = ops.zeros((rows, rows), mean)
+        Kz = None if w is None else ops.zeros((rows, rows), mean)  # the Gram of the unit-norm columns
         for i, (lo, hi, xi) in enumerate(centred()):
             for _, (lj, hj, xj) in zip(range(i), centred(), strict=False):
                 K[lo:hi, lj:hj] = xi @ xj.T
                 K[lj:hj, lo:hi] = K[lo:hi, lj:hj].T
+                if Kz is not None:
+                    Kz[lo:hi, lj:hj] = (xi * w) @ (xj * w).T
+                    Kz[lj:hj, lo:hi] = Kz[lo:hi, lj:hj].T
             K[lo:hi, lo:hi] = xi @ xi.T
+            if Kz is not None:
+                Kz[lo:hi, lo:hi] = (xi * w) @ (xi * w).T
         d = K.diagonal() * 1.0
         _check_constant(name, float(d.sum()), sumsq)
-        w, U = ops.eigh_desc(K)
-        r = int((w > tol * w[0]).sum())
-        U, s = U[:, :r] * 1.0, w[:r] ** 0.5
+        if Kz is None:
+            ev, U = ops.eigh_desc(K)
+            r = int((ev > tol * ev[0]).sum())
+            U, s = U[:, :r] * 1.0, ev[:r] ** 0.5
+        else:  # rank r from the unit-norm columns; the SVD of X_c within their span: eigh of U_zᵀ K U_z (r × r)
+            ev, Uz = ops.eigh_desc(Kz)
+            Uz = Uz[:, : int((ev > tol * ev[0]).sum())]
+            ev, Q = ops.eigh_desc(Uz.T @ K @ Uz)
+            U, s = Uz @ Q, ev.clip(min=0.0) ** 0.5
         L = sum(xc.T @ U[lo:hi] for lo, hi, xc in centred()) if loadings else None
     else:  # C = X_cᵀ X_c, eigh(C) = V S² Vᵀ, then the thin SVD of X_c V (n × r) gives U, s accurately
         C = sum(xc.T @ xc for _, _, xc in centred())
         _check_constant(name, float(C.trace()), sumsq)
-        w, V = ops.eigh_desc(C)
-        V = V[:, : int((w > tol * w[0]).sum())]
-        parts = [(xc @ V, (xc * xc).sum(1)) for _, _, xc in centred()]
+        w = None if rank_scale == "global" else column_scale(C.diagonal() * 1.0)
+        ev, V = ops.eigh_desc(C if w is None else w[:, None] * C * w[None, :])  # covariance or correlation
+        V = V[:, : int((ev > tol * ev[0]).sum())]
+        P = V if w is None else w[:, None] * V  # X_c P = Z V: the unit-norm columns Z = X_c diag(w)
+        parts = [(xc @ P, (xc * xc).sum(1)) for _, _, xc in centred()]
         U, s, Wt = ops.svd(ops.cat([y for y, _ in parts]))
         d = ops.cat([e for _, e in parts])
-        L = (V @ Wt.T) * s if loadings is None or loadings else None
-    return LayerStats(name, rows, p, shape, reshape, route, mean, U, s, d, L)
+        if w is None:
+            R = V @ Wt.T
+        else:  # X_c = Z diag(1/w) = U diag(s) Wt Vᵀ diag(1/w): the SVD of the r × p factor rotates U and s
+            Q, s, Rt = ops.svd((s[:, None] * Wt) @ (V.T * (C.diagonal() * (w > 0)) ** 0.5))
+            U, R = U @ Q, Rt.T
+        L = R * s if loadings is None or loadings else None
+    return LayerStats(name, rows, p, shape, reshape, route, mean, U, s, d, L, rtol, rank_scale)
 
 
 def _check_constant(name: str | None, centred_ss: float, raw_ss: float) -> None:
@@ -267,12 +322,13 @@ def _check_constant(name: str | None, centred_ss: float, raw_ss: float) -> None:
 
 
 def _stats(read: Callable[[slice], Any], shape: tuple[int, ...], *, name: str | None, reshape: str,
-           layout: str | None, route: str, rtol: float | None, loadings: bool | None, chunk: int | None) -> Stats:
+           layout: str | None, route: str, rtol: float | None, loadings: bool | None, chunk: int | None,
+           rank_scale: str) -> Stats:
     """Layer statistics of activations of `shape`, read(slice) returning raw sample blocks."""
     if reshape not in RESHAPES:
         raise ValueError(f"reshape must be one of {sorted(RESHAPES)}, got {reshape!r}")
     layout = _layout(shape, layout)
-    kw = dict(name=name, layout=layout, route=route, rtol=rtol, loadings=loadings, chunk=chunk)
+    kw = dict(name=name, layout=layout, route=route, rtol=rtol, loadings=loadings, chunk=chunk, rank_scale=rank_scale)
     if reshape == "paper1":
         if layout is None:
             flat = _stats(read, shape, reshape="flatten", **kw)
@@ -288,29 +344,32 @@ def _stats(read: Callable[[slice], Any], shape: tuple[int, ...], *, name: str | 
 
     rows, p = _out_shape(shape, reshape, layout)
     return _factorise(blocks, rows, p, name=name, route=route, rtol=rtol, loadings=loadings,
-                      shape=tuple(shape[1:]), reshape=reshape)
+                      shape=tuple(shape[1:]), reshape=reshape, rank_scale=rank_scale)
 
 
 def layer_stats(X: Any, *, name: str | None = None, reshape: Reshape = "flatten", layout: str | None = None,
                 route: Literal["auto", "gram", "cov"] = "auto", rtol: float | None = None,
-                loadings: bool | None = None, chunk: int | None = None) -> Stats:
+                loadings: bool | None = None, chunk: int | None = None,
+                rank_scale: Literal["columns", "global"] = "columns") -> Stats:
     """Per-layer statistics of in-memory activations X: (n, p), (n, C, H, W…) conv or (n, T, D) tokens.
 
     reshape: see `RESHAPES`; layout: "conv" or "tokens" (inferred: 3-D → tokens, ≥ 4-D → conv; 2-D passes
     through).  route: "auto" (gram when p ≥ rows, else cov) or forced.  rtol: relative singular-value cutoff
-    (default see module docstring).  loadings: keep X_cᵀU for PWCCA (None = only on the cov route).  chunk:
+    of the rank decision (default see module docstring).  rank_scale: "columns" (default; scale-invariant) or
+    "global", see `RANK_SCALES`.  loadings: keep X_cᵀU for PWCCA (None = only on the cov route).  chunk:
     samples per float64 block.  Returns `LayerStats`, or `Paper1Stats` for reshape="paper1".
     """
     X = _native(X)
     if X.ndim < 2:
         raise ValueError(f"layer {name!r}: activations must be at least 2-D (n, …), got shape {tuple(X.shape)}")
     return _stats(lambda sl: X[sl], tuple(X.shape), name=name, reshape=reshape, layout=layout, route=route,
-                  rtol=rtol, loadings=loadings, chunk=chunk)
+                  rtol=rtol, loadings=loadings, chunk=chunk, rank_scale=rank_scale)
 
 
 def layer_stats_h5(path: str, layer: str, *, reshape: Reshape = "flatten", n: int | None = None,
                    chunk: int | None = None, route: Literal["auto", "gram", "cov"] = "auto",
-                   rtol: float | None = None, loadings: bool | None = None, device: Any = None) -> Stats:
+                   rtol: float | None = None, loadings: bool | None = None, device: Any = None,
+                   rank_scale: Literal["columns", "global"] = "columns") -> Stats:
     """`layer_stats` of dataset /layers/<layer> of an activation file, streamed in blocks of `chunk` samples.
 
     The file must carry the root attribute complete=True; the dataset's attribute `layout` ("conv"/"tokens")
@@ -339,28 +398,39 @@ def layer_stats_h5(path: str, layer: str, *, reshape: Reshape = "flatten", n: in
 
         try:
             return _stats(read, (n, *ds.shape[1:]), name=layer, reshape=reshape, layout=layout, route=route,
-                          rtol=rtol, loadings=loadings, chunk=chunk)
+                          rtol=rtol, loadings=loadings, chunk=chunk, rank_scale=rank_scale)
         except ValueError as e:  # name the file: "layer 'x' contains NaN" alone does not say which network
             raise type(e)(f"{path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------- pair kernels
+PWCCA_COUNTS: dict[str, str] = {
+    "rank": "min(rank A, rank B) pairs, all of them computed correlations; the weights normalised over them "
+            "(stitchlib's default)",
+    "neurons": "min(rank A, live neurons of B) pairs: A's directions that B's span cannot match count with ρ = 0 "
+               "(live = non-constant columns; needs B's loadings). Differs from 'rank' only when B has fewer "
+               "dimensions than live neurons: for a low-rank approximation B of A (Ding et al.'s sensitivity test) "
+               "'rank' gives PWCCA = 1 at every rank, 'neurons' the weight share of the directions B keeps",
+    "paper1": "paper 1's code (Ding et al.'s cca_decomp + pwcca_dist): weights of all p_A canonical directions of "
+              "A, normalised over all of them, summed with ρ over the first min(p_A, p_B). Differs from 'rank' "
+              "when A has more columns than B (pooled conv layers of different widths): A's directions past "
+              "p_B take weight with ρ = 0, in the basis numpy's LAPACK SVD returns for them (as the code does), "
+              "so the value depends on the order of the columns. Needs both layers' loadings; unregularised",
+}
+
+
 @dataclass(frozen=True)
 class Options:
     """regularization ε: ridge λ = ε · ‖X_c‖²_F / min(n − 1, p) (ε times the mean of the min(n − 1, p) possibly
     non-zero covariance eigenvalues) added to AᵀA (and BᵀB) in CCA-family measures and R²_LR / DM(struct).
     svcca_variance / svcca_dims: SVCCA keeps the top singular directions explaining this fraction of the
     variance, or exactly this many (dims wins when given).
-    pwcca_count: how many canonical pairs PWCCA(A, B) averages over. "rank": min(rank A, rank B), all of them
-    computed correlations. "neurons": Morcos et al.'s code, min(rank A, live neurons of B) — A's directions that
-    B's span cannot match count with ρ = 0 (live = non-constant columns; needs B's loadings). The two agree unless
-    B has fewer dimensions than live neurons: for a low-rank approximation B of A (Ding et al.'s sensitivity
-    test) "rank" gives PWCCA = 1 at every rank, "neurons" the weight share of the directions B keeps."""
+    pwcca_count: which canonical pairs PWCCA(A, B) weights and averages over, see `PWCCA_COUNTS`."""
 
     regularization: float = 0.0
     svcca_variance: float = 0.99
     svcca_dims: int | None = None
-    pwcca_count: Literal["rank", "neurons"] = "rank"
+    pwcca_count: Literal["rank", "neurons", "paper1"] = "rank"
 
 
 class _Pair:
@@ -514,28 +584,68 @@ def _principal_ties(X: np.ndarray, rho: np.ndarray, tol: float = 1e-9) -> np.nda
     return out
 
 
+def _host(x: Array) -> np.ndarray:
+    """A small matrix as numpy on the host (device tensors are copied)."""
+    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
+
+
 def _k_pwcca(q: _Pair) -> float:
     """α_i = ‖L_a h_i‖₁ with h_i the unit-norm i-th canonical variate of A in the U_a basis (X_i, or
-    D_a X_i/‖D_a X_i‖ with ridge) and L_a = A_cᵀU_a; PWCCA = Σ α_i ρ_i / Σ α_i."""
-    a = q.a
+    D_a X_i/‖D_a X_i‖ with ridge) and L_a = A_cᵀU_a; PWCCA = Σ α_i ρ_i / Σ α_i over the pairs `PWCCA_COUNTS` names.
+    Tied correlations (e.g. the ρ = 1 forced when rank A + rank B > n − 1) leave the canonical directions unique
+    only as a subspace; they are taken in A's principal basis (`_principal_ties`), so the value does not depend on
+    the row blocks the statistics were computed in or on the order of B's columns."""
+    a, mode = q.a, q.opts.pwcca_count
+    if mode not in PWCCA_COUNTS:
+        raise ValueError(f"pwcca_count must be one of {list(PWCCA_COUNTS)}, got {mode!r}")
     if a.loadings is None:
         raise ValueError(f"pwcca needs the neuron loadings of layer {a.label}: compute its stats with loadings=True")
-    neurons = q.opts.pwcca_count == "neurons"
+    if mode != "rank" and q.b.loadings is None:
+        raise ValueError(f"pwcca with pwcca_count={mode!r} needs the loadings of layer {q.b.label}")
+    if mode == "paper1":
+        return _pwcca_paper1(q)
+    neurons = mode == "neurons"
     rho, X = q.cca("pwcca", a.rank, q.b.rank, vectors=True, full=neurons)
+    rho, X = _host(rho), _host(X)  # r × r: ties are resolved on the host
+    c = len(rho)
     if neurons:
-        if q.b.loadings is None:
-            raise ValueError(f"pwcca with pwcca_count='neurons' needs the loadings of layer {q.b.label}")
-        host = (lambda t: t.detach().cpu().numpy()) if _is_tensor(X) else np.asarray  # small r × r products
-        var_b = host((q.b.loadings**2).sum(1))
+        var_b = _host((q.b.loadings**2).sum(1))
         c = min(a.rank, int((var_b > 1e-12 * var_b.max()).sum()))
-        rho = np.concatenate([host(rho)[:c], np.zeros(c - min(c, len(rho)))])
-        X = _principal_ties(host(X), rho)[:, :c]
-        X, rho = (X, rho) if not _is_tensor(a.U) else (a.U.new_tensor(X), a.U.new_tensor(rho))
+        rho = np.concatenate([rho[:c], np.zeros(c - min(c, len(rho)))])
+    X = _principal_ties(X, rho)[:, :c]
+    X, rho = (X, rho) if not _is_tensor(a.U) else (a.U.new_tensor(X), a.U.new_tensor(rho))
     da = q.whiten(a, a.rank)
     H = X if da is None else da[:, None] * X
     H = H / (H**2).sum(0) ** 0.5
     alpha = abs(a.loadings @ H).sum(0)
     return float((alpha * rho).sum() / alpha.sum())
+
+
+_PAPER1_MAX_COLUMNS = 16_384  # the reference forms p_A × p_A matrices
+
+
+def _pwcca_paper1(q: _Pair) -> float:
+    """Ding et al.'s pwcca_dist as paper 1's code calls it, from the factorisations: with A_c = U_a S_a V_aᵀ the
+    code's whitened cross matrix (A_cᵀA_c)^{-1/2} A_cᵀ B_c (B_cᵀB_c)^{-1/2} is V_a M V_bᵀ (p_A × p_B, neuron
+    coordinates); its full SVD (numpy, as the code) gives p_A directions u_i and min(p_A, p_B) correlations ρ_i;
+    α_i = Σ_j |u_iᵀ V_a S_a V_aᵀ e_j| (the code's |⟨A's i-th canonical vector, neuron j⟩|, summed); PWCCA =
+    Σ_{i ≤ min(p_A, p_B)} α_i ρ_i / Σ_{i ≤ p_A} α_i.  The code whitens with every eigenvalue > 0; here with the
+    numerical rank (the same for full-rank layers; the code's rule amplifies rounding on rank-deficient ones)."""
+    a, b = q.a, q.b
+    if q.opts.regularization:
+        raise ValueError("pwcca_count='paper1' is paper 1's unregularised PWCCA; use regularization=0")
+    if max(a.p, b.p) > _PAPER1_MAX_COLUMNS:
+        raise ValueError(f"pwcca_count='paper1' forms p × p matrices in neuron coordinates and layers {a.label} "
+                         f"({a.p} columns), {b.label} ({b.p}) are too wide; use reshape 'pool' or 'positions'")
+    q.cca("pwcca", a.rank, b.rank, vectors=False)  # the rank ≥ n − 1 checks and warnings of every CCA measure
+    sa, sb = _host(a.s), _host(b.s)
+    La, Lb = _host(a.loadings), _host(b.loadings)
+    Va = La / np.where(sa > 0, sa, np.inf)  # V = X_cᵀ U S⁻¹
+    Vb = Lb / np.where(sb > 0, sb, np.inf)
+    u, rho, _ = np.linalg.svd(Va @ _host(q.M) @ Vb.T)  # full_matrices: all p_A directions of A, as the code
+    alpha = np.abs(u.T @ (La @ Va.T)).sum(1)
+    dim = min(len(alpha), len(rho))
+    return float(alpha[:dim] @ rho[:dim] / alpha.sum())
 
 
 def _k_r2_lr(q: _Pair) -> float:
@@ -564,18 +674,37 @@ def _measures(names: Sequence[str]) -> list[str]:
     return list(names)
 
 
+def rank_scale_for(measures: Sequence[str]) -> str:
+    """The `RANK_SCALES` entry statistics need when they feed these measures: "columns" if any of them depends on
+    the span of the columns (`SPAN_MEASURES`), else "global" (CKA and OPD: tiny directions add nothing to them)."""
+    return "columns" if SPAN_MEASURES.intersection(measures) else "global"
+
+
+def _check_rtol(stats: Sequence[Stats], rtol: float) -> None:
+    for st in stats:
+        for leaf in (st.positions, st.pool) if isinstance(st, Paper1Stats) else (st,):
+            if leaf.rtol != rtol:
+                raise ValueError(f"layer {leaf.label}: its statistics were factorised with rtol={leaf.rtol} (None = "
+                                 f"the default), not rtol={rtol}: the rank tolerance is applied when a layer is "
+                                 "factorised, layer_stats(..., rtol=…)")
+
+
 def pairwise(stats_a: Sequence[Stats], stats_b: Sequence[Stats],
              measures: Sequence[str] = ("lcka", "lcka_debiased", "opd"), *, regularization: float = 0.0,
              svcca_variance: float = 0.99, svcca_dims: int | None = None,
-             pwcca_count: Literal["rank", "neurons"] = "rank") -> dict[str, np.ndarray]:
+             pwcca_count: Literal["rank", "neurons", "paper1"] = "rank", rtol: float | None = None
+             ) -> dict[str, np.ndarray]:
     """Every requested measure for every pair: {measure: len(stats_a) × len(stats_b) float64 matrix}.
 
     Entry [i, j] compares stats_a[i] (the "A" / source side: PWCCA weights, R²_LR and DM(struct) predict B from A)
     with stats_b[j]; the reverse direction is pairwise(stats_b, stats_a, …).T.  M = U_aᵀU_b and T are computed
-    once per pair and shared by all measures.  Paper1Stats pairs resolve to positions/pool per pair.
+    once per pair and shared by all measures.  Paper1Stats pairs resolve to positions/pool per pair.  The rank
+    tolerance belongs to the statistics (``layer_stats(..., rtol=)``); ``rtol`` given here must be theirs (checked).
     """
     opts = Options(regularization, svcca_variance, svcca_dims, pwcca_count)
     ms = _measures(measures)
+    if rtol is not None:
+        _check_rtol([*stats_a, *stats_b], rtol)
     out = {m: np.full((len(stats_a), len(stats_b)), np.nan) for m in ms}
     for i, a in enumerate(stats_a):
         for j, b in enumerate(stats_b):
@@ -585,70 +714,78 @@ def pairwise(stats_a: Sequence[Stats], stats_b: Sequence[Stats],
     return out
 
 
-def similarity(measure: str, A: Any, B: Any, *, reshape: Reshape = "flatten", **options: Any) -> float:
-    """One measure for one pair; A, B are activations (arrays/tensors) or precomputed stats."""
+def similarity(measure: str, A: Any, B: Any, *, reshape: Reshape = "flatten", rtol: float | None = None,
+               **options: Any) -> float:
+    """One measure for one pair; A, B are activations (arrays/tensors) or precomputed stats.  Activations are
+    factorised with the rank tolerance ``rtol`` and the rank scale the measure needs (`rank_scale_for`)."""
     (m,) = _measures([measure])
-    loadings = catalog.MEASURES[m].needs_loadings or None
-    a = A if isinstance(A, (LayerStats, Paper1Stats)) else layer_stats(A, name="A", reshape=reshape, loadings=loadings)
-    b = B if isinstance(B, (LayerStats, Paper1Stats)) else layer_stats(B, name="B", reshape=reshape)
-    return float(pairwise([a], [b], [measure], **options)[measure][0, 0])
+    kw = dict(reshape=reshape, loadings=catalog.MEASURES[m].needs_loadings or None, rtol=rtol,
+              rank_scale=rank_scale_for([m]))
+    a = A if isinstance(A, (LayerStats, Paper1Stats)) else layer_stats(A, name="A", **kw)
+    b = B if isinstance(B, (LayerStats, Paper1Stats)) else layer_stats(B, name="B", **kw)
+    return float(pairwise([a], [b], [measure], rtol=rtol, **options)[measure][0, 0])
 
 
-def lcka(A: Any, B: Any, *, reshape: Reshape = "flatten") -> float:
+def lcka(A: Any, B: Any, *, reshape: Reshape = "flatten", rtol: float | None = None) -> float:
     """Linear CKA (Kornblith et al. 2019; paper 1 eq. 4), A_c, B_c column-centred:
     LCKA = ‖B_cᵀA_c‖²_F / (‖A_cᵀA_c‖_F ‖B_cᵀB_c‖_F) = ⟨K, L⟩_F / (‖K‖_F ‖L‖_F), K = A_cA_cᵀ, L = B_cB_cᵀ.
     In [0, 1]; invariant to orthogonal maps and isotropic scaling of either side."""
-    return similarity("lcka", A, B, reshape=reshape)
+    return similarity("lcka", A, B, reshape=reshape, rtol=rtol)
 
 
-def lcka_debiased(A: Any, B: Any, *, reshape: Reshape = "flatten") -> float:
+def lcka_debiased(A: Any, B: Any, *, reshape: Reshape = "flatten", rtol: float | None = None) -> float:
     """Debiased linear CKA (Nguyen et al. 2021): CKA with the unbiased HSIC estimator of Song et al. (2012),
     HSIC_u(K, L) = [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3)), K̃ = K with zeroed diagonal,
     dCKA = HSIC_u(K, L)/sqrt(HSIC_u(K, K) HSIC_u(L, L)).  The estimator is invariant to re-centring the features,
     so K = A_cA_cᵀ is used.  ≈ 0 for independent representations even when p ≫ n (biased CKA is not); can be < 0."""
-    return similarity("lcka_debiased", A, B, reshape=reshape)
+    return similarity("lcka_debiased", A, B, reshape=reshape, rtol=rtol)
 
 
-def pwcca(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0) -> float:
+def pwcca(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0,
+          count: Literal["rank", "neurons", "paper1"] = "rank", rtol: float | None = None) -> float:
     """Projection-weighted CCA (Morcos et al. 2018; paper 1 eq. 6): Σ α_i ρ_i / Σ α_i over the min(r_a, r_b)
     canonical pairs, α_i = Σ_j |⟨A_c w_A^i, a_j⟩| with A_c w_A^i the unit-norm i-th canonical variate of A and
     a_j the j-th (centred) neuron of A.  Not symmetric: weights come from A.  Ridge variant with
-    regularization > 0 (see `Options`); raises when rank(A_c) or rank(B_c) ≥ n − 1 unregularised."""
-    return similarity("pwcca", A, B, reshape=reshape, regularization=regularization)
+    regularization > 0 (see `Options`); raises when rank(A_c) or rank(B_c) ≥ n − 1 unregularised.  ``count``:
+    which pairs are weighted and averaged, `PWCCA_COUNTS` ("paper1" = paper 1's code)."""
+    return similarity("pwcca", A, B, reshape=reshape, regularization=regularization, pwcca_count=count, rtol=rtol)
 
 
-def mean_cca(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0) -> float:
+def mean_cca(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0,
+             rtol: float | None = None) -> float:
     """Mean canonical correlation: ρ_i = σ_i(C_aa^{-1/2} C_ab C_bb^{-1/2}), C = centred cross-products,
     averaged over i ≤ min(r_a, r_b).  Invariant to invertible linear maps of A and of B."""
-    return similarity("mean_cca", A, B, reshape=reshape, regularization=regularization)
+    return similarity("mean_cca", A, B, reshape=reshape, regularization=regularization, rtol=rtol)
 
 
 def svcca(A: Any, B: Any, *, reshape: Reshape = "flatten", variance: float = 0.99, dims: int | None = None,
-          regularization: float = 0.0) -> float:
+          regularization: float = 0.0, rtol: float | None = None) -> float:
     """SVCCA (Raghu et al. 2017): keep the top k_a (k_b) singular directions of A_c (B_c), the smallest k with
     Σ_{i≤k} s_i² ≥ variance · Σ s_i² (or exactly `dims`), then the mean canonical correlation of A_cV_{k_a} and
     B_cV_{k_b} over min(k_a, k_b) pairs."""
     return similarity("svcca", A, B, reshape=reshape, regularization=regularization, svcca_variance=variance,
-                      svcca_dims=dims)
+                      svcca_dims=dims, rtol=rtol)
 
 
-def opd(A: Any, B: Any, *, reshape: Reshape = "flatten") -> float:
+def opd(A: Any, B: Any, *, reshape: Reshape = "flatten", rtol: float | None = None) -> float:
     """Orthogonal Procrustes distance (paper 1 eq. 8) after centring and Frobenius-normalising both:
     OPD = ‖A‖²_F + ‖B‖²_F − 2‖BᵀA‖_* = 2 − 2‖BᵀA‖_* = min_{RᵀR=I} ‖B − AR‖²_F (zero-padding the narrower side).
     In [0, 2], 0 for identical representations; a distance (lower = more similar)."""
-    return similarity("opd", A, B, reshape=reshape)
+    return similarity("opd", A, B, reshape=reshape, rtol=rtol)
 
 
-def r2_lr(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0) -> float:
+def r2_lr(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0,
+          rtol: float | None = None) -> float:
     """R²_LR(A → B) (paper 2 Def. 6.1) with centred A, B (least squares with a bias): M_LS = A_c⁺B_c,
     R² = 1 − ‖A_cM_LS − B_c‖²_F / ‖B_c‖²_F = ‖P_A B_c‖²_F / ‖B_c‖²_F.  Fitted in-sample, so it raises when
     rank(A_c) ≥ n − 1 (R² ≡ 1) unless regularization > 0 (ridge: M = (A_cᵀA_c + λI)⁻¹A_cᵀB_c).
     B → A: r2_lr(B, A)."""
-    return similarity("r2_lr", A, B, reshape=reshape, regularization=regularization)
+    return similarity("r2_lr", A, B, reshape=reshape, regularization=regularization, rtol=rtol)
 
 
-def dm_struct(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0) -> float:
+def dm_struct(A: Any, B: Any, *, reshape: Reshape = "flatten", regularization: float = 0.0,
+              rtol: float | None = None) -> float:
     """DM(struct) as an index: ‖A M_LS + 1bᵀ − B‖²_F / ‖B_c‖²_F of the in-sample affine least-squares stitch
     A → B = 1 − R²_LR(A → B) (normalised by the centred target; paper 1's evaluation on held-out data, normalised
     by the raw target, lives in the stitching module).  A distance: 0 when B is an affine image of A."""
-    return similarity("dm_struct", A, B, reshape=reshape, regularization=regularization)
+    return similarity("dm_struct", A, B, reshape=reshape, regularization=regularization, rtol=rtol)

@@ -18,7 +18,8 @@ tokens → conv      :class:`TokensToConv`: CLS dropped, patch tokens laid out o
 
 DM fits T by least squares on "rows": every (sample, position) or (sample, token) of P(source) is one
 equation y = W x + b, so DM is exact for every type. The normal equations are accumulated in float64 over chunks,
-centred, so the solution on the whole split is exact (not an average of chunk solutions).
+so the solution on the whole split is exact (not an average of chunk solutions); :class:`LeastSquares` also
+offers paper 1's code's pseudo-inverse solve.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.linalg import blas  # at import: BLAS thread limits (threadpoolctl, the job's) then cover it too
 from torch.nn.utils import parametrize
 
 from stitchlib import catalog, tasks
@@ -219,46 +221,91 @@ def make_stitch(src_shape: tuple, tgt_shape: tuple, src_layout: str, tgt_layout:
 # ----------------------------------------------------------------------------- direct matching
 
 class LeastSquares:
-    """Exact affine least squares  min_{W,b} Σ_rows ‖W x + b − y‖²  from streamed rows, in float64.
+    """Affine least squares  min_{W,b} Σ_rows ‖W x + b − y‖²  from streamed rows, in float64.
 
-    Accumulates n, Σx, Σy, XᵀX, XᵀY; ``solve`` centres them (C_xx = XᵀX − n x̄x̄ᵀ, C_xy likewise) and
-    returns the minimum-norm solution W = (C_xx⁺ C_xy)ᵀ, b = ȳ − W x̄, i.e. the Moore–Penrose
-    pseudo-inverse solution of paper 1, with singular values of the centred X below ``rcond`` × the
-    largest one treated as zero (a principled cutoff for underdetermined fits).
+    ``update`` accumulates the Gram matrix of the augmented rows [x 1] (its upper triangle, by a symmetric
+    rank-k update, BLAS dsyrk) and [x 1]ᵀy (dgemm), converting float32 rows to float64 a block at a time, so
+    n, Σx, Σy, XᵀX and XᵀY all come from two BLAS calls per block (``bench/bench_dm.py``: 0.9–1.0× the time of
+    the bare float64 products XᵀX and XᵀY of the same rows). Two solvers:
+
+    * ``solve(rcond, solver="exact")`` (default): centres the moments (C_xx = XᵀX − n x̄x̄ᵀ, C_xy likewise) and
+      returns the minimum-norm least-squares solution W = (C_xx⁺ C_xy)ᵀ, b = ȳ − W x̄, counting singular values of
+      the centred X below ``rcond`` × the largest as zero (so underdetermined fits stay finite). Exact: the
+      solution on the whole split, not an average of chunk solutions.
+    * ``solver="pinv"``: paper 1's code (``torch.linalg.pinv([X 1]) @ Y`` on float32 activations, Csiszárik et
+      al.'s ``ps_inv``): the pseudo-inverse of the uncentred augmented rows at torch's default cutoff, singular
+      values of [X 1] at or below max(rows, c_in + 1) · eps(float32) × the largest count as zero. At K = 100
+      images nothing is cut; on a whole split of hundreds of thousands of rows the cutoff reaches a few per cent
+      of the largest singular value (dominated by the mean) and drops real directions, so the fit is no longer
+      the least-squares one. Computed in float64 from the same moments (the cutoff rule is float32's).
     """
 
+    SOLVERS = ("exact", "pinv")
+
     def __init__(self, c_in: int, c_out: int):
-        self.n = 0
-        self.sx, self.sy = np.zeros(c_in), np.zeros(c_out)
-        self.xx, self.xy = np.zeros((c_in, c_in)), np.zeros((c_in, c_out))
+        self.c_in, self.c_out, self.n = c_in, c_out, 0
+        self._g = np.zeros((c_in + 1, c_in + 1), order="F")  # upper triangle of [X 1]ᵀ[X 1]
+        self._h = np.zeros((c_in + 1, c_out), order="F")  # [X 1]ᵀ Y
+        self._block = max(64, 2**21 // (8 * (c_in + 1 + c_out)))  # rows per float64 block: ≈ 2 MB, cache-sized
+        self._bx = self._by = None
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != 2 or y.ndim != 2 or x.shape[1] != self.c_in or y.shape[1] != self.c_out or len(x) != len(y):
+            raise ValueError(f"least squares {self.c_in} → {self.c_out} got rows of shapes {x.shape} and {y.shape}")
+        if self._bx is None:
+            self._bx = np.empty((self._block, self.c_in + 1))
+            self._bx[:, self.c_in] = 1.0
+            self._by = np.empty((self._block, self.c_out))
+        for lo in range(0, len(x), self._block):
+            k = min(self._block, len(x) - lo)
+            bx, by = self._bx[:k], self._by[:k]
+            bx[:, :self.c_in] = x[lo:lo + k]  # float32 → float64 in a cache-sized block
+            by[:] = y[lo:lo + k]
+            # bx.T is Fortran-ordered: BLAS reads the rows in place; dsyrk writes only the upper triangle
+            self._g = blas.dsyrk(1.0, bx.T, beta=1.0, c=self._g, lower=0, overwrite_c=1)
+            if self.c_out:
+                self._h = blas.dgemm(1.0, bx.T, by.T, beta=1.0, c=self._h, trans_b=1, overwrite_c=1)
         self.n += len(x)
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
-        self.xx += x.T @ x
-        self.xy += x.T @ y
 
-    def _centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def gram(self) -> np.ndarray:
+        """[X 1]ᵀ[X 1] ((c_in + 1)², symmetric): XᵀX, Σx in the last column and row, n in the corner."""
+        return np.triu(self._g) + np.triu(self._g, 1).T
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Means and centred cross-products: x̄, ȳ, C_xx = XᵀX − n x̄x̄ᵀ, C_xy = XᵀY − n x̄ȳᵀ."""
         if self.n == 0:
             raise ValueError("least squares with no rows")
-        mx, my = self.sx / self.n, self.sy / self.n
-        return mx, my, self.xx - self.n * np.outer(mx, mx), self.xy - self.n * np.outer(mx, my)
+        g, c = self.gram(), self.c_in
+        mx, my = g[:c, c] / self.n, self._h[c] / self.n
+        return mx, my, g[:c, :c] - self.n * np.outer(mx, mx), self._h[:c] - self.n * np.outer(mx, my)
 
-    def solve(self, rcond: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-        mx, my, cxx, cxy = self._centred()
+    def solve(self, rcond: float = 1e-6, solver: str = "exact") -> tuple[np.ndarray, np.ndarray]:
+        if solver == "pinv":
+            return self._pinv()
+        if solver != "exact":
+            raise ValueError(f"unknown least-squares solver {solver!r}; use one of {self.SOLVERS}")
+        mx, my, cxx, cxy = self.centred()
         evals, evecs = np.linalg.eigh(cxx)  # singular values of centred X are sqrt(evals)
         keep = evals > (rcond ** 2) * max(evals.max(), 0.0)
         inv = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
         w = (inv @ cxy).T
         return w, my - w @ mx
 
+    def _pinv(self) -> tuple[np.ndarray, np.ndarray]:
+        """pinv([X 1]) Y at torch.linalg.pinv's default cutoff for float32 input (see the class docstring)."""
+        if self.n == 0:
+            raise ValueError("least squares with no rows")
+        rtol = max(self.n, self.c_in + 1) * float(np.finfo(np.float32).eps)
+        evals, evecs = np.linalg.eigh(self.gram())  # σ² of [X 1]
+        keep = evals > rtol**2 * max(evals.max(), 0.0)
+        sol = ((evecs[:, keep] / evals[keep]) @ evecs[:, keep].T) @ self._h  # (c_in + 1) × c_out
+        return sol[:self.c_in].T, sol[self.c_in]
+
     def procrustes(self) -> tuple[np.ndarray, np.ndarray]:
         """Orthogonal Procrustes (paper 2): M = UVᵀ from the SVD C_xy = U S Vᵀ of the centred AᵀB, so W = Mᵀ
         has orthonormal rows or columns (semi-orthogonal when the widths differ); b = ȳ − W x̄."""
-        mx, my, _, cxy = self._centred()
+        mx, my, _, cxy = self.centred()
         u, _, vt = np.linalg.svd(cxy, full_matrices=False)
         w = (u @ vt).T
         return w, my - w @ mx
@@ -268,7 +315,7 @@ class LeastSquares:
         vectors of the fitted A·M_LS — eigenvectors of M_LSᵀ C_xx M_LS. At full rank this is M_LS."""
         if k < 1:
             raise ValueError(f"reduced rank k must be ≥ 1, not {k}")
-        mx, my, cxx, _ = self._centred()
+        mx, my, cxx, _ = self.centred()
         w, _ = self.solve(rcond)
         m = w.T
         _, v = np.linalg.eigh(m.T @ cxx @ m)  # ascending
@@ -300,11 +347,15 @@ def lasso(x: np.ndarray, y: np.ndarray, alpha: float, max_iter: int = 5000, tol:
 
 
 def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterable[torch.Tensor],
-           rcond: float = 1e-6, method: str = "ls", rank: int | None = None, alpha: float = 0.0) -> AffineStitch:
+           rcond: float = 1e-6, method: str = "ls", rank: int | None = None, alpha: float = 0.0,
+           solver: str = "exact") -> AffineStitch:
     """Fit ``stitch`` by direct matching on paired chunks of source and target activations.
 
     ``method``: 'ls' (least squares, paper 1), or paper 2's classes 'procrustes', 'reduced_rank' (with
-    ``rank``) and 'lasso' (with ``alpha``; holds every row in memory, the others stream)."""
+    ``rank``) and 'lasso' (with ``alpha``; holds every row in memory, the others stream). ``solver`` (for 'ls'):
+    'exact' least squares or paper 1's code's 'pinv' (see :class:`LeastSquares`)."""
+    if solver not in LeastSquares.SOLVERS:
+        raise ValueError(f"unknown least-squares solver {solver!r}; use one of {LeastSquares.SOLVERS}")
     if method not in DM_METHODS:
         raise ValueError(f"unknown direct matching method {method!r}; use one of {DM_METHODS}")
     if method == "reduced_rank" and not rank:
@@ -321,27 +372,35 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
     if method == "lasso":
         return stitch.set_affine(*lasso(np.concatenate([k[0] for k in kept]), np.concatenate([k[1] for k in kept]),
                                         alpha))
-    solution = ls.solve(rcond) if method == "ls" else ls.procrustes() if method == "procrustes" \
+    solution = ls.solve(rcond, solver) if method == "ls" else ls.procrustes() if method == "procrustes" \
         else ls.reduced_rank(rank, rcond)
     return stitch.set_affine(*solution)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
+STRUCT_RULES = ("whole", "batch_mean")
+
+
 @torch.no_grad()
 def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, target: torch.Tensor,
              labels: torch.Tensor, batch_size: int = 256, reference_logits: torch.Tensor | None = None,
-             task: str | tasks.Task = tasks.MULTICLASS, per_image: bool = False) -> dict[str, Any]:
+             task: str | tasks.Task = tasks.MULTICLASS, struct: str = "whole",
+             per_image: bool = False) -> dict[str, Any]:
     """Stitched accuracy of g>j ∘ T on ``source`` activations (``task``'s: top-1, or the mean attribute
-    accuracy of a multi-label task), and DM(struct) = ‖T(src) − tgt‖²/‖tgt‖² over the whole set (float64
-    sums). With ``reference_logits`` (the receiver's own outputs) also the cross-entropy of the stitched
+    accuracy of a multi-label task), and DM(struct) = ‖T(src) − tgt‖²/‖tgt‖² (float64 sums): with ``struct=
+    'whole'`` one ratio over the whole set; with 'batch_mean' the mean of the per-batch ratios over batches of
+    ``batch_size`` (paper 1's code, ``stitched_repr_diff``: every batch, the last smaller one too, weighs the
+    same). With ``reference_logits`` (the receiver's own outputs) also the cross-entropy of the stitched
     outputs to the receiver's (−Σ softmax(reference)·log softmax(stitched) for classes), averaged over samples
     (paper 2, Fig. 2). ``per_image``: also the per-image terms of those sums under 'per_image' — 'correct'
     (each image's accuracy), 'err' (‖T(a_i) − b_i‖²), 'norm' (‖b_i‖²), float64 numpy (n,) — from which
-    ``stitchlib.uncertainty`` resamples test images."""
+    ``stitchlib.uncertainty`` resamples test images (its intervals resample the whole-set ratio)."""
+    if struct not in STRUCT_RULES:
+        raise ValueError(f"struct must be one of {STRUCT_RULES}, got {struct!r}")
     dev, task = stitch.bias.device, tasks.get(task)
     parts: dict[str, list[torch.Tensor]] = {"correct": [], "err": [], "norm": []}
-    xent = 0.0
+    xent, ratios = 0.0, []
     for i in range(0, len(labels), batch_size):
         s = stitch(source[i:i + batch_size].to(dev))
         t = target[i:i + batch_size].to(dev)
@@ -349,13 +408,16 @@ def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, t
         parts["correct"].append(task.correct_each(logits, labels[i:i + batch_size].to(dev)).double().cpu())
         parts["err"].append((s.double() - t.double()).pow(2).flatten(1).sum(1).cpu())
         parts["norm"].append(t.double().pow(2).flatten(1).sum(1).cpu())
+        e, m = float(parts["err"][-1].sum()), float(parts["norm"][-1].sum())
+        ratios.append(e / m if m > 0 else float("nan"))
         if reference_logits is not None:
             xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + batch_size].to(dev).double(),
                                             reduction="sum").item()
     each = {k: torch.cat(v).numpy() for k, v in parts.items()}
     err, norm = float(each["err"].sum()), float(each["norm"].sum())
+    whole = err / norm if norm > 0 else float("nan")
     out: dict[str, Any] = {"accuracy": float(each["correct"].sum()) / len(labels),
-                           "struct": err / norm if norm > 0 else float("nan")}
+                           "struct": whole if struct == "whole" else float(np.mean(ratios))}
     if reference_logits is not None:
         out["cross_entropy"] = xent / len(labels)
     if per_image:

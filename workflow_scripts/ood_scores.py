@@ -9,7 +9,8 @@ def job(sm):
     inputs["detectors"], inputs["detector_specs"] = list(sm.input.detectors), list(sm.input.detector_specs)
     inputs["stitches"] = dict(zip(methods, sm.input.stitches))
     outputs = {m: (csv, npz) for m, csv, npz in zip(methods, sm.output.csv, sm.output.npz)}
-    pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device)
+    pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device,
+                      fpr_rule=sm.params.fpr95)
 
 
 run(snakemake, job)
