@@ -18,6 +18,17 @@ except sconf.ConfigError as e:
 
 R = config["results"]
 THREADS = config["threads"]
+# Where each consumer of the training split takes its frozen fronts from (cache | recompute), decided here: the
+# jobs' inputs depend on it (stitchlib.config.front_policy).
+FRONTS = {
+    c: {
+        "policy": sconf.front_policy(config, c),
+        "chunk": config["extract"]["chunk"],
+        "buffer": config["cache"]["buffer"],
+        "block_mb": config["cache"]["block_mb"],
+    }
+    for c in sconf.CONSUMERS
+}
 
 
 wildcard_constraints:
@@ -121,8 +132,24 @@ def pair_inputs(w):
         "tgt_train": acts(w.dataset, w.tgt, "train"),
         "src_test": acts(w.dataset, w.src, "test"),
         "tgt_test": acts(w.dataset, w.tgt, "test"),
+        "src_ckpt": ckpt(w.dataset, w.src),
         "tgt_ckpt": ckpt(w.dataset, w.tgt),
     }
+
+
+def extract_settings(w):
+    """extract's settings for network w.net: whether its training split's fronts are cached, the test subset."""
+    arch = sconf.parse_network(w.net)[0]
+    return {**config["extract"], "fronts": sconf.caches_train_fronts(config, arch), "test": config["cache"]["test"]}
+
+
+def detector_inputs(w):
+    """The layer's activations: cached training split, outliers and held-out outliers, or the checkpoint that
+    recomputes them (cache.consumers.detector)."""
+    files = {"train": acts(w.dataset, w.net, "train"), "test": acts(w.dataset, w.net, "test")}
+    if FRONTS["detector"]["policy"] == "cache":
+        return {**files, "outliers": acts(w.dataset, w.net, "outliers"), "heldout": acts(w.dataset, w.net, "heldout")}
+    return {**files, "ckpt": ckpt(w.dataset, w.net)}
 
 
 # ----------------------------------------------------------------------------- Ding et al. tests
@@ -149,10 +176,10 @@ def cross_state_files(dataset, net, state):
 
 def cross_pair_inputs(w):
     src_state, tgt_state = sconf.CONTROLS[w.condition]
-    _, src = cross_state_files(w.dataset, w.src, src_state)
+    src_ckpt, src = cross_state_files(w.dataset, w.src, src_state)
     tgt_ckpt, tgt = cross_state_files(w.dataset, w.tgt, tgt_state)
     return {"src_train": src["train"], "src_test": src["test"], "tgt_train": tgt["train"], "tgt_test": tgt["test"],
-            "tgt_ckpt": tgt_ckpt}
+            "src_ckpt": src_ckpt, "tgt_ckpt": tgt_ckpt}
 
 
 def cross_pair_file(dataset, condition, method, src, tgt, ext):
@@ -196,17 +223,7 @@ def frank_file(dataset, experiment, src, tgt, ext="csv"):
 
 
 def frank_runs():
-    """(experiment, Model 1, Model 2) of every job: Figs. 2–3 on every pair of every architecture, Fig. 4 on every
-    pair of `network`, Figs. 6–8 on its first pair, Fig. 5 on the first network of its architecture stitched
-    into itself."""
-    if not config["frankenstein"]["enabled"]:
-        return []
-    archs = dict.fromkeys([*FRANK["architectures"], *FRANK["widths"]])
-    runs = [("layers", s, t) for a in archs for s, t in sconf.frankenstein_pairs(config, a)]
-    pairs = sconf.frankenstein_pairs(config, FRANK["network"])
-    runs += [("track", s, t) for s, t in pairs] + [(e, *pairs[0]) for e in ("inits", "lowrank", "sparsity")]
-    me = sconf.network_id(FRANK["cka_penalty"]["architecture"], config["frankenstein"]["seeds"][0])
-    return runs + [("cka_penalty", me, me)]
+    return sconf.frankenstein_runs(config)
 
 
 def frank_results(dataset):

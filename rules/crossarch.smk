@@ -14,7 +14,7 @@ rule cross_init:
         test=f"{R}/activations/{{dataset}}/init/{{net}}/test.h5",
     params:
         spec=lambda w: network_spec(config, w.dataset, w.net),
-        settings=config["extract"],
+        settings=extract_settings,
         device=config["device"],
     log:
         f"{R}/logs/cross_init/{{dataset}}/{{net}}.log",
@@ -44,6 +44,7 @@ rule cross_pair:
         dm=sconf.cross_dm_settings(config),
         tlm=sconf.cross_tlm_settings(config),
         conv_stitch=config["cross"]["stitch"],
+        fronts=FRONTS["cross"],
         device=config["device"],
     log:
         f"{R}/logs/cross_pair/{{dataset}}/{{condition}}/{{src}}__{{tgt}}.log",

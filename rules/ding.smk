@@ -42,6 +42,7 @@ rule sensitivity:
         settings=config["ding"],
         dm=config["dm"],
         similarity=config["similarity"],
+        fronts=FRONTS["dm"],
         device=config["device"],
     log:
         f"{R}/logs/sensitivity/{{dataset}}/{{net}}.log",
@@ -67,6 +68,7 @@ rule specificity:
         settings=config["ding"],
         dm=config["dm"],
         similarity=config["similarity"],
+        fronts=FRONTS["dm"],
         device=config["device"],
     log:
         f"{R}/logs/specificity/{{dataset}}/{{arch}}.log",

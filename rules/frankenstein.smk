@@ -13,6 +13,7 @@ rule frankenstein_run:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
         settings=lambda w: frank_settings(w.experiment),
+        fronts=FRONTS["frankenstein"],
         device=config["device"],
     log:
         f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
@@ -31,6 +32,7 @@ use rule frankenstein_run as frankenstein_inits with:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
         settings=frank_settings("inits"),
+        fronts=FRONTS["frankenstein"],
         device=config["device"],
     output:
         csv=f"{R}/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.csv",
@@ -44,6 +46,7 @@ use rule frankenstein_run as frankenstein_sparsity with:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
         settings=frank_settings("sparsity"),
+        fronts=FRONTS["frankenstein"],
         device=config["device"],
     output:
         csv=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.csv",

@@ -32,7 +32,7 @@ rule extract:
         test=f"{R}/activations/{{dataset}}/{{net}}/test.h5",
     params:
         spec=lambda w: network_spec(config, w.dataset, w.net),
-        settings=config["extract"],
+        settings=extract_settings,
         device=config["device"],
     log:
         f"{R}/logs/extract/{{dataset}}/{{net}}.log",

@@ -28,16 +28,16 @@ rule outliers:
 
 rule detector:
     input:
-        train=lambda w: acts(w.dataset, w.net, "train"),
-        test=lambda w: acts(w.dataset, w.net, "test"),
-        outliers=lambda w: acts(w.dataset, w.net, "outliers"),
-        heldout=lambda w: acts(w.dataset, w.net, "heldout"),
+        unpack(detector_inputs),
     output:
         pt=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.pt",
         json=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.json",
+        npz=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.npz",
     params:
         spec=lambda w: network_spec(config, w.dataset, w.net),
         settings={k: v for k, v in config["ood"].items() if k not in ("enabled", "outliers")},
+        fronts=FRONTS["detector"],
+        outliers=config["ood"]["outliers"],
         device=config["device"],
     log:
         f"{R}/logs/detector/{{dataset}}/{{net}}/{{layer}}.log",
@@ -56,7 +56,6 @@ rule ood_scores:
         stitches=[f"{R}/stitching/{{dataset}}/{m}/{{src}}__{{tgt}}.pt" for m in config["stitching"]["methods"]],
         src_test=lambda w: acts(w.dataset, w.src, "test"),
         tgt_test=lambda w: acts(w.dataset, w.tgt, "test"),
-        tgt_heldout=lambda w: acts(w.dataset, w.tgt, "heldout"),
         detectors=lambda w: detectors(w.dataset, w.tgt),
     output:
         csv=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.csv" for m in config["stitching"]["methods"]],
@@ -65,6 +64,7 @@ rule ood_scores:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
         methods=config["stitching"]["methods"],
+        block_mb=config["cache"]["block_mb"],
         device=config["device"],
     log:
         f"{R}/logs/ood_scores/{{dataset}}/{{src}}__{{tgt}}.log",

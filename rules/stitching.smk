@@ -12,6 +12,7 @@ rule dm:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
         settings=config["dm"],
+        fronts=FRONTS["dm"],
         device=config["device"],
     log:
         f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
@@ -36,6 +37,7 @@ rule tlm:
         src=lambda w: network_spec(config, w.dataset, w.src),
         tgt=lambda w: network_spec(config, w.dataset, w.tgt),
         settings=config["tlm"],
+        fronts=FRONTS["tlm"],
         device=config["device"],
     log:
         f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",

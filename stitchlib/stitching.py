@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from stitchlib import tasks
+from stitchlib.io import epoch_order
 from stitchlib.train import make_optimizer, set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,12 @@ def lasso(x: np.ndarray, y: np.ndarray, alpha: float, max_iter: int = 5000, tol:
     return w, np.atleast_1d(model.intercept_)
 
 
+def dm_rows(stitch: AffineStitch, hs, ht) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's least-squares rows: P(source) and the target, (samples × positions or tokens) × channels."""
+    hs = stitch.prepare(torch.as_tensor(hs, dtype=torch.float32))
+    return rows(hs, stitch.layout).numpy(), rows(np.asarray(ht), stitch.layout)
+
+
 def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterable[torch.Tensor],
            rcond: float = 1e-6, method: str = "ls", rank: int | None = None, alpha: float = 0.0) -> AffineStitch:
     """Fit ``stitch`` by direct matching on paired chunks of source and target activations.
@@ -311,8 +318,7 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
     ls = LeastSquares(stitch.weight.shape[1], stitch.weight.shape[0])
     kept: list[tuple[np.ndarray, np.ndarray]] = []
     for hs, ht in zip(source, target):
-        hs = stitch.prepare(torch.as_tensor(hs, dtype=torch.float32))
-        x, y = rows(hs, stitch.layout).numpy(), rows(np.asarray(ht), stitch.layout)
+        x, y = dm_rows(stitch, hs, ht)
         if method == "lasso":
             kept.append((x, y))
         else:
@@ -327,7 +333,37 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
 
 # ----------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
+class Evaluation:
+    """Running sums of :func:`evaluate` over blocks of a split, in batches of ``batch_size``: blocks that are
+    multiples of it add up in the same order as one call on the whole split, so streaming changes no digit."""
+
+    def __init__(self, task: str | tasks.Task = tasks.MULTICLASS, batch_size: int = 256):
+        self.task, self.batch_size = tasks.get(task), batch_size
+        self.n, self.correct, self.err, self.norm, self.xent = 0, 0.0, 0.0, 0.0, 0.0
+
+    @torch.no_grad()
+    def update(self, stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, target: torch.Tensor,
+               labels: torch.Tensor, reference_logits: torch.Tensor | None = None) -> None:
+        dev, task, bs = stitch.bias.device, self.task, self.batch_size
+        for i in range(0, len(labels), bs):
+            s = stitch(source[i:i + bs].to(dev))
+            t = target[i:i + bs].to(dev)
+            logits = receiver.back(s, layer)
+            self.correct += float(task.correct(logits, labels[i:i + bs].to(dev)))
+            self.err += (s.double() - t.double()).pow(2).sum().item()
+            self.norm += t.double().pow(2).sum().item()
+            if reference_logits is not None:
+                self.xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + bs].to(dev).double(),
+                                                     reduction="sum").item()
+        self.n += len(labels)
+
+    def result(self, cross_entropy: bool = False) -> dict[str, float]:
+        out = {"accuracy": self.correct / self.n, "struct": self.err / self.norm if self.norm > 0 else float("nan")}
+        if cross_entropy:
+            out["cross_entropy"] = self.xent / self.n
+        return out
+
+
 def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, target: torch.Tensor,
              labels: torch.Tensor, batch_size: int = 256, reference_logits: torch.Tensor | None = None,
              task: str | tasks.Task = tasks.MULTICLASS) -> dict[str, float]:
@@ -335,23 +371,10 @@ def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, t
     accuracy of a multi-label task), and DM(struct) = ‖T(src) − tgt‖²/‖tgt‖² over the whole set (float64
     sums). With ``reference_logits`` (the receiver's own outputs) also the cross-entropy of the stitched
     outputs to the receiver's (−Σ softmax(reference)·log softmax(stitched) for classes), averaged over samples
-    (paper 2, Fig. 2)."""
-    dev, task = stitch.bias.device, tasks.get(task)
-    correct, err, norm, xent = 0.0, 0.0, 0.0, 0.0
-    for i in range(0, len(labels), batch_size):
-        s = stitch(source[i:i + batch_size].to(dev))
-        t = target[i:i + batch_size].to(dev)
-        logits = receiver.back(s, layer)
-        correct += float(task.correct(logits, labels[i:i + batch_size].to(dev)))
-        err += (s.double() - t.double()).pow(2).sum().item()
-        norm += t.double().pow(2).sum().item()
-        if reference_logits is not None:
-            xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + batch_size].to(dev).double(),
-                                            reduction="sum").item()
-    out = {"accuracy": correct / len(labels), "struct": err / norm if norm > 0 else float("nan")}
-    if reference_logits is not None:
-        out["cross_entropy"] = xent / len(labels)
-    return out
+    (paper 2, Fig. 2). :class:`Evaluation` computes the same over streamed blocks."""
+    ev = Evaluation(task, batch_size)
+    ev.update(stitch, receiver, layer, source, target, labels, reference_logits)
+    return ev.result(reference_logits is not None)
 
 
 # ----------------------------------------------------------------------------- task loss matching
@@ -416,10 +439,11 @@ def batch_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
               source: Callable[[Any, torch.Tensor], torch.Tensor], labels: torch.Tensor, cfg: dict[str, Any],
-              *, seed: int, soft_targets: torch.Tensor | None = None,
+              *, seed: int, soft_targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
               target: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
               on_step: Callable[[int, int], None] | None = None, task: str | tasks.Task = tasks.MULTICLASS,
-              progress: Callable[[str], None] = log.info) -> list[float]:
+              progress: Callable[[str], None] = log.info, chunk: int = 256, buffer: int | None = None,
+              prepare: Callable[[int, int, torch.Tensor], None] | None = None) -> list[float]:
     """Train stitches that share the receiving layer ``layer`` of ``receiver``, together.
 
     ``source(key, idx)`` returns the source activations of training samples ``idx`` for the stitch
@@ -427,6 +451,11 @@ def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
     train; the receiver stays frozen in eval mode. All stitches see the same batches; their outputs
     are concatenated along the batch and pushed through g>j once, and the loss is the sum of the
     per-stitch mean losses, so each stitch gets exactly the gradient it would get if trained alone.
+
+    Batches: each epoch's order is ``io.epoch_order(n, chunk, buffer)`` from a generator seeded with ``seed``
+    (a plain permutation when ``buffer`` is None or ≥ n), cut into batches of ``cfg['batch_size']``, each sorted;
+    ``prepare(epoch, step, idx)`` runs before a batch's sources are asked for (e.g. to recompute and augment the
+    fronts once for every stitch of the group). ``soft_targets`` may be a function of ``idx``.
 
     Loss per stitch: ``task``'s loss on hard ``labels`` (cross-entropy; binary cross-entropy per attribute
     for a multi-label task), or with ``cfg['labels'] == 'soft'`` the distillation loss to the receiver's own
@@ -452,13 +481,16 @@ def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
     n, bs, curve, step = len(labels), cfg["batch_size"], [], 0
     for epoch in range(cfg["epochs"]):
         set_epoch_lr(opt, cfg, epoch)
-        order, total = torch.randperm(n, generator=g), 0.0
-        for start in range(0, n, bs):
+        order, total = epoch_order(n, chunk, buffer or n, g), 0.0
+        for b, start in enumerate(range(0, n, bs)):
             idx = order[start:start + bs].sort().values  # sorted: HDF5-friendly, order-free loss
+            if prepare is not None:
+                prepare(epoch, b, idx)
             outs = [stitches[k](source(k, idx).to(dev)) for k in keys]
             logits = receiver.back(torch.cat(outs), layer).view(len(keys), len(idx), -1)
             if soft:
-                losses = task.soft_loss(logits, soft_targets[idx].to(dev), temp, reduction="none").mean(1)
+                st = soft_targets(idx) if callable(soft_targets) else soft_targets[idx]
+                losses = task.soft_loss(logits, st.to(dev), temp, reduction="none").mean(1)
             else:
                 y = labels[idx].to(dev)
                 losses = task.loss(logits, y.expand(len(keys), *y.shape), reduction="none").mean(1)

@@ -9,7 +9,8 @@ def job(sm):
     inputs["detectors"] = list(sm.input.detectors)
     inputs["stitches"] = dict(zip(methods, sm.input.stitches))
     outputs = {m: (csv, npz) for m, csv, npz in zip(methods, sm.output.csv, sm.output.npz)}
-    pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device)
+    pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device,
+                      block_mb=sm.params.block_mb)
 
 
 run(snakemake, job)
