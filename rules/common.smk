@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under --software-deployment-method conda
 
 from stitchlib import config as sconf
+from stitchlib import footprint
 from stitchlib.pipeline import network_spec
 from stitchlib.report import INDEX_LABELS, MEASURES
 
@@ -18,6 +19,14 @@ except sconf.ConfigError as e:
 
 R = config["results"]
 THREADS = config["threads"]
+# Each rule's memory and disk request, from the config's shapes (stitchlib.footprint; `stitchlib plan` prints them).
+RESOURCES = footprint.resources(config)
+
+
+def requested(rule, key):
+    return RESOURCES.get(rule, {}).get(key, footprint.DEFAULT_MEM_MB if key == "mem_mb" else 1000)
+
+
 # Where each consumer of the training split takes its frozen fronts from (cache | recompute), decided here: the
 # jobs' inputs depend on it (stitchlib.config.front_policy).
 FRONTS = {

@@ -20,7 +20,8 @@ rule cross_init:
         f"{R}/logs/cross_init/{{dataset}}/{{net}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("cross_init", "mem_mb"),
+        disk_mb=requested("cross_init", "disk_mb"),
         runtime=30,
     conda:
         "../envs/stitchlib.yaml"
@@ -50,7 +51,8 @@ rule cross_pair:
         f"{R}/logs/cross_pair/{{dataset}}/{{condition}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("cross_pair", "mem_mb"),
+        disk_mb=requested("cross_pair", "disk_mb"),
         runtime=240,
     conda:
         "../envs/stitchlib.yaml"
@@ -76,7 +78,8 @@ rule cross_report:
         f"{R}/logs/cross_report/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("cross_report", "mem_mb"),
+        disk_mb=requested("cross_report", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"

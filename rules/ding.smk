@@ -21,7 +21,8 @@ rule probes:
         f"{R}/logs/probes/{{dataset}}/{{net}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("probes", "mem_mb"),
+        disk_mb=requested("probes", "disk_mb"),
         runtime=60,
     conda:
         "../envs/stitchlib.yaml"
@@ -48,7 +49,8 @@ rule sensitivity:
         f"{R}/logs/sensitivity/{{dataset}}/{{net}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("sensitivity", "mem_mb"),
+        disk_mb=requested("sensitivity", "disk_mb"),
         runtime=120,
     conda:
         "../envs/stitchlib.yaml"
@@ -74,7 +76,8 @@ rule specificity:
         f"{R}/logs/specificity/{{dataset}}/{{arch}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("specificity", "mem_mb"),
+        disk_mb=requested("specificity", "disk_mb"),
         runtime=120,
     conda:
         "../envs/stitchlib.yaml"
@@ -98,7 +101,8 @@ rule ding_tables:
         f"{R}/logs/ding_tables/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("ding_tables", "mem_mb"),
+        disk_mb=requested("ding_tables", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"

@@ -19,7 +19,8 @@ rule frankenstein_run:
         f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("frankenstein_run", "mem_mb"),
+        disk_mb=requested("frankenstein_run", "disk_mb"),
         runtime=120,
     conda:
         "../envs/stitchlib.yaml"
@@ -39,6 +40,10 @@ use rule frankenstein_run as frankenstein_inits with:
         mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.log",
+    resources:
+        mem_mb=requested("frankenstein_inits", "mem_mb"),
+        disk_mb=requested("frankenstein_inits", "disk_mb"),
+        runtime=120,
 
 
 use rule frankenstein_run as frankenstein_sparsity with:
@@ -53,6 +58,10 @@ use rule frankenstein_run as frankenstein_sparsity with:
         matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.log",
+    resources:
+        mem_mb=requested("frankenstein_sparsity", "mem_mb"),
+        disk_mb=requested("frankenstein_sparsity", "disk_mb"),
+        runtime=120,
 
 
 rule frankenstein_figures:
@@ -68,7 +77,8 @@ rule frankenstein_figures:
     log:
         f"{R}/logs/frankenstein/{{dataset}}/figures.log",
     resources:
-        mem_mb=2000,
+        mem_mb=requested("frankenstein_figures", "mem_mb"),
+        disk_mb=requested("frankenstein_figures", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"

@@ -16,7 +16,8 @@ rule train:
         f"{R}/logs/train/{{dataset}}/{{net}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("train", "mem_mb"),
+        disk_mb=requested("train", "disk_mb"),
         runtime=120,
     conda:
         "../envs/stitchlib.yaml"
@@ -38,7 +39,8 @@ rule extract:
         f"{R}/logs/extract/{{dataset}}/{{net}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("extract", "mem_mb"),
+        disk_mb=requested("extract", "disk_mb"),
         runtime=30,
     conda:
         "../envs/stitchlib.yaml"

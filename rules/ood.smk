@@ -18,7 +18,8 @@ rule outliers:
         f"{R}/logs/outliers/{{dataset}}/{{net}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("outliers", "mem_mb"),
+        disk_mb=requested("outliers", "disk_mb"),
         runtime=30,
     conda:
         "../envs/stitchlib.yaml"
@@ -43,7 +44,8 @@ rule detector:
         f"{R}/logs/detector/{{dataset}}/{{net}}/{{layer}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("detector", "mem_mb"),
+        disk_mb=requested("detector", "disk_mb"),
         runtime=240,
     conda:
         "../envs/stitchlib.yaml"
@@ -70,7 +72,8 @@ rule ood_scores:
         f"{R}/logs/ood_scores/{{dataset}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("ood_scores", "mem_mb"),
+        disk_mb=requested("ood_scores", "disk_mb"),
         runtime=30,
     conda:
         "../envs/stitchlib.yaml"
@@ -92,7 +95,8 @@ rule ood_figures:
         f"{R}/logs/ood_figures/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("ood_figures", "mem_mb"),
+        disk_mb=requested("ood_figures", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"

@@ -16,7 +16,8 @@ rule report:
         f"{R}/logs/report.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("report", "mem_mb"),
+        disk_mb=requested("report", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"

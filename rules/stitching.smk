@@ -18,7 +18,8 @@ rule dm:
         f"{R}/logs/dm/{{dataset}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("dm", "mem_mb"),
+        disk_mb=requested("dm", "disk_mb"),
         runtime=60,
     conda:
         "../envs/stitchlib.yaml"
@@ -43,7 +44,8 @@ rule tlm:
         f"{R}/logs/tlm/{{dataset}}/{{src}}__{{tgt}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("tlm", "mem_mb"),
+        disk_mb=requested("tlm", "disk_mb"),
         runtime=240,
     conda:
         "../envs/stitchlib.yaml"
@@ -64,7 +66,8 @@ rule indices:
         f"{R}/logs/indices/{{dataset}}/{{arch}}.log",
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("indices", "mem_mb"),
+        disk_mb=requested("indices", "disk_mb"),
         runtime=60,
     conda:
         "../envs/stitchlib.yaml"

@@ -11,7 +11,8 @@ rule similarity_table:
         f"{R}/logs/similarity_table/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("similarity_table", "mem_mb"),
+        disk_mb=requested("similarity_table", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"
@@ -31,7 +32,8 @@ rule table1:
         f"{R}/logs/table1/{{dataset}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("table1", "mem_mb"),
+        disk_mb=requested("table1", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"
@@ -50,7 +52,8 @@ rule heatmaps:
         f"{R}/logs/heatmaps.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("heatmaps", "mem_mb"),
+        disk_mb=requested("heatmaps", "disk_mb"),
         runtime=10,
     conda:
         "../envs/stitchlib.yaml"

@@ -109,6 +109,12 @@ ARCHITECTURE_PARAMS: dict[str, dict[str, object]] = {
     "custom": {"factory": "", "kwargs": {}, "points": [], "names": [], "state_dict": ""},
 }
 
+# OOD detector sizes per layout (stitchlib.ood): paper 1's ResNet-18 at 32×32 and ViT-Ti
+DETECTOR_SIZE: dict[str, dict[str, object]] = {
+    "conv": {"width": 64, "input_size": 32, "stage_blocks": [2, 2, 2, 2]},
+    "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0},
+}
+
 MIN_IMAGE_SIZE = {"googlenet": 15}  # smaller inputs shrink a feature map to nothing before inception5b
 
 

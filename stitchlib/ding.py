@@ -288,9 +288,16 @@ def probe_rows(layers: list[str], layouts: dict[str, str], train_h5: str, test_h
     train_y, test_y = io.read_array(train_h5, "labels"), io.read_array(test_h5, "labels")
     p = settings["probe"]
     return pd.DataFrame([{"layer": layer, "probe_accuracy": probe_accuracy(
-        io.read_array(train_h5, f"pooled/{layer}"), train_y,
-        pooled(io.read_layer(test_h5, layer), layouts[layer]), test_y, l2=p["l2"], max_iter=p["max_iter"],
-        device=device)} for layer in layers])
+        io.read_array(train_h5, f"pooled/{layer}"), train_y, _pooled_h5(test_h5, layer, layouts[layer]), test_y,
+        l2=p["l2"], max_iter=p["max_iter"], device=device)} for layer in layers])
+
+
+def _pooled_h5(path: str, layer: str, layout: str, block_mb: int = 256) -> np.ndarray:
+    """:func:`pooled` features of a cached layer, read in blocks of at most ``block_mb`` MB."""
+    with io.open_activations(path) as f:
+        per_image = 4 * int(np.prod(f["layers"][layer].shape[1:]))
+    return np.concatenate([pooled(b[f"layers/{layer}"], layout) for _, b in
+                           io.blocks(path, [f"layers/{layer}"], io.block_size(per_image, block_mb, 1))])
 
 
 def specificity_rows(probes: pd.DataFrame, load_net, files: dict[str, dict[str, str]], fits,

@@ -23,6 +23,7 @@ BASE = 650 * MB    # python + torch + torchvision + scipy + sklearn + h5py + sti
 CUDA = 2560 * MB   # host memory of the CUDA libraries and context in a job that uses a GPU
 LIGHT = 400 * MB   # table and figure jobs
 F32, F64 = 4, 8
+INDEX_STATS_BYTES = 8 * 2 ** 30  # layer statistics an indices job holds (pipeline.similarity_indices)
 
 
 @dataclass
@@ -190,10 +191,7 @@ def _tlm(cfg, src: Net, tgt: Net, s_layers, t_layers, settings, policy, conv_sti
 def _detector_net(cfg, net: Net, layer: str) -> tuple[int, int]:
     """Parameters of the layer's detector and one image's training activations in it."""
     shape, layout = net.layers[layer]
-    o = cfg["ood"]["detector"][layout]
-    from stitchlib.ood import DEFAULT_SIZE  # noqa: PLC0415  (a plain dict; ood imports torch at module level)
-
-    size = {**DEFAULT_SIZE[layout], **o}
+    size = {**catalog.DETECTOR_SIZE[layout], **cfg["ood"]["detector"][layout]}
     if layout == "conv":
         w, s, blocks = size["width"], size["input_size"], size["stage_blocks"]
         params = catalog.resnet_param_count(w, blocks, net.classes, shape[0])
@@ -256,13 +254,13 @@ def _indices(cfg, nets: list[Net]) -> tuple[int, int]:
                 held += _stats(n, p)
     largest = max(n0 * net.numel(x) * F64 for net in nets for x in net.layers)
     pairs = len(nets) ** 2 * len(nets[0].layers) ** 2 * len(s["measures"])
-    return BASE + held + largest, pairs * 250
+    return BASE + min(held, INDEX_STATS_BYTES) + 2 * largest, pairs * 250
 
 
 def _probes(cfg, net: Net) -> tuple[int, int]:
-    big = max(net.layers, key=net.numel)
     c = max(net.channels(x) for x in net.layers)
-    mem = BASE + 3 * net.n_train * c * F64 + net.n_test * net.numel(big) * (F32 + F64)
+    block = cfg["cache"]["block_mb"] * MB
+    mem = BASE + 3 * net.n_train * c * F64 + net.n_test * c * F64 + 3 * block
     return mem, len(net.layers) * 200
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stitchlib import catalog
 from stitchlib.io import epoch_order
 from stitchlib.models import CifarResNet
 from stitchlib.progress import Progress
@@ -37,10 +38,7 @@ log = logging.getLogger(__name__)
 Array = torch.Tensor | np.ndarray
 
 #: Detector sizes per layout: paper 1's (ResNet-18 at 32×32, ViT-Ti); configs pass smaller ones for the digits.
-DEFAULT_SIZE: dict[str, dict[str, Any]] = {
-    "conv": {"width": 64, "input_size": 32, "stage_blocks": [2, 2, 2, 2]},
-    "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0},
-}
+DEFAULT_SIZE: dict[str, dict[str, Any]] = catalog.DETECTOR_SIZE
 
 #: Training defaults: stage 1 (pretrain, cross-entropy) and stage 2 (finetune, outlier exposure).
 DEFAULT_CFG: dict[str, dict[str, Any]] = {

@@ -18,6 +18,7 @@ import torch
 
 from stitchlib import config as sconf
 from stitchlib import data, io, models, report, tasks
+from stitchlib.footprint import INDEX_STATS_BYTES
 from stitchlib.progress import Progress
 from stitchlib.stitching import (AffineStitch, Evaluation, LeastSquares, dm_rows, make_stitch,
                                  train_tlm)
@@ -468,10 +469,20 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
 
 # ----------------------------------------------------------------------------- structural indices
 
+def _nbytes(x: Any) -> int:
+    """Bytes of the arrays a layer statistic holds (``similarity.LayerStats`` / ``Paper1Stats``)."""
+    if hasattr(x, "nbytes"):
+        return int(x.nbytes)
+    if hasattr(x, "__dataclass_fields__"):
+        return sum(_nbytes(getattr(x, f)) for f in x.__dataclass_fields__)
+    return 0
+
+
 def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: list[tuple[str, str]],
-                       settings: dict[str, Any], out_csv: str) -> None:
-    """Every configured structural index for every layer pair of every network pair, from one set of
-    per-layer statistics per (network, layer, reshape) computed once from the test-split cache.
+                       settings: dict[str, Any], out_csv: str, budget: int = INDEX_STATS_BYTES) -> None:
+    """Every configured structural index for every layer pair of every network pair, from per-layer statistics
+    per (network, layer, reshape) computed from the test-split cache, held up to ``budget`` bytes (least recently
+    used dropped and recomputed when needed again: at paper scale a layer's statistics can take 0.5 GB).
 
     A pair in a degenerate regime (:class:`stitchlib.similarity.DegenerateInput`: rank ≥ n − 1 for CCA-family
     measures, a constant layer) is recorded as NaN with the reason logged — never a silent 1. Any other
@@ -485,16 +496,23 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     measures = settings["measures"]
     opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
     with_loadings = {settings["reshape"][m] for m in measures if sim.MEASURES[m].needs_loadings}
-    stats: dict[tuple[str, str, str], Any] = {}
+    stats: dict[tuple[str, str, str], Any] = {}  # insertion order = recency
+    computed = 0
 
     def get(net: str, layer: str, reshape: str):
+        nonlocal computed
         key = (net, layer, reshape)
-        if key not in stats:
+        if key in stats:
+            stats[key] = stats.pop(key)
+        else:
             try:
                 stats[key] = sim.layer_stats_h5(test_h5[net], layer, reshape=reshape, n=n,
                                                 loadings=True if reshape in with_loadings else None)
             except sim.DegenerateInput as e:  # e.g. a constant layer: every pair with it is undefined
                 stats[key] = e
+            computed += 1
+            while len(stats) > 2 and sum(_nbytes(v) for v in stats.values()) > budget:
+                stats.pop(next(iter(stats)))
         if isinstance(stats[key], Exception):
             raise stats[key]
         return stats[key]
@@ -502,18 +520,21 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     rows, start = [], time.time()
     for src, tgt in pairs:
         s, t = specs[src], specs[tgt]
-        for m in measures:
-            reshape = settings["reshape"][m]
-            for si, sl in enumerate(s["layers"]):
-                for ti, tl in enumerate(t["layers"]):
-                    try:
-                        value = sim.pairwise([get(src, sl, reshape)], [get(tgt, tl, reshape)], [m], **opts)[m][0, 0]
-                    except sim.DegenerateInput as e:
-                        log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
-                        value = float("nan")
-                    rows.append({"measure": report.INDEX_LABELS[m], **_pair_row(s, t, si, sl, ti, tl),
-                                 "value": float(value)})
-    log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
+        values = {}
+        for reshape in dict.fromkeys(settings["reshape"][m] for m in measures):  # a layer's statistics reused
+            for sl in s["layers"]:
+                for tl in t["layers"]:
+                    for m in [m for m in measures if settings["reshape"][m] == reshape]:
+                        try:
+                            values[m, sl, tl] = sim.pairwise([get(src, sl, reshape)], [get(tgt, tl, reshape)], [m],
+                                                             **opts)[m][0, 0]
+                        except sim.DegenerateInput as e:
+                            log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
+                            values[m, sl, tl] = float("nan")
+        rows += [{"measure": report.INDEX_LABELS[m], **_pair_row(s, t, si, sl, ti, tl),
+                  "value": float(values[m, sl, tl])}
+                 for m in measures for si, sl in enumerate(s["layers"]) for ti, tl in enumerate(t["layers"])]
+    log.info("%d index values from %d layer statistics computed in %.1f s", len(rows), computed, time.time() - start)
     io.write_csv(pd.DataFrame(rows), out_csv)
 
 
