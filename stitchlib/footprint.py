@@ -117,12 +117,15 @@ def _cpu(cfg) -> bool:
     return cfg["device"] != "cuda"
 
 
-def _extract(cfg, net: Net, splits: dict[str, int], train: bool, fronts: bool) -> tuple[int, int]:
-    """Push ``splits`` (name → images) through the network: what extraction (and the outliers job) holds and writes."""
+def _extract(cfg, net: Net, splits: dict[str, int], train: bool, fronts: bool, image: int | None = None
+             ) -> tuple[int, int]:
+    """Push ``splits`` (name → images, each ``image`` bytes in memory) through the network: what extraction (and the
+    outliers job) holds and writes."""
     d = 2 if cfg["extract"]["dtype"] == "float16" else F32
     b = cfg["extract"]["batch_size"]
     big = max(net.numel(layer) for layer in net.layers)
-    mem = BASE + _cuda(cfg) + net.params * F32 + max(splits.values()) * (net.image or 3 * net.size ** 2 * F32)
+    image = net.image if image is None else image
+    mem = BASE + _cuda(cfg) + net.params * F32 + max(splits.values()) * image
     mem += b * (F32 * sum(math.prod(s) for s, _ in net.every.values()) + 2 * F32 * net.per_image + 20 * big)
     disk = 0
     for split, n in splits.items():
@@ -175,7 +178,8 @@ def _stitch_inputs(src: Net, sl: str, tgt: Net, tl: str, conv_stitch: str) -> in
 
 def _tlm(cfg, src: Net, tgt: Net, s_layers, t_layers, settings, policy, conv_stitch="bilinear") -> tuple[int, int]:
     rec, buffer = policy == "recompute", cfg["cache"]["buffer"]
-    mem = BASE + _cuda(cfg) + 2 * tgt.params * F32 + _images(src, rec) + src.n_train * (8 + tgt.classes * F32)
+    soft = settings.get("labels") == "soft"
+    mem = BASE + _cuda(cfg) + 2 * tgt.params * F32 + _images(src, rec) + src.n_train * (8 + soft * tgt.classes * F32)
     if rec:
         mem += src.params * F32 * 2 + 256 * src.activations(s_layers[-1]) // 8
     else:  # one reader per source layer, at most two shuffle buffers each
@@ -352,7 +356,8 @@ def estimate(cfg: dict[str, Any]) -> dict[str, Rule]:
             if o["enabled"]:
                 if policy["detector"] == "cache":
                     add("outliers", [name], lambda c, n: _extract(c, n, {"outliers": o["outliers"]["n"],
-                                                                         "heldout": o["outliers"]["heldout"]}, False, True))
+                                                                         "heldout": o["outliers"]["heldout"]}, False, True,
+                                                                  3 * n.size ** 2 * F32))
                 for layer in sconf.layers(cfg, sconf.parse_network(name)[0]):
                     add("detector", [name], _detector, layer, policy["detector"])
             if cfg["ding"]["enabled"]:

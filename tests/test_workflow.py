@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stitchlib import catalog
+from stitchlib import catalog, footprint
+from stitchlib import config as sconf
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -58,6 +59,12 @@ def test_default_config_dry_run_job_counts(tmp_path):
                                       "cross_init": 3, "cross_pair": 29, "cross_report": 1,
                                       "frankenstein_run": 12, "frankenstein_inits": 1, "frankenstein_sparsity": 1,
                                       "frankenstein_figures": 1, "report": 1}
+    cfg = sconf.load(ROOT / "config.yaml")
+    counts = {rule: r.jobs for rule, r in footprint.estimate(cfg).items()}
+    assert counts == {k: v for k, v in job_counts(out.stdout).items() if k != "all"}  # `stitchlib plan`'s jobs
+    requests = footprint.resources(cfg)  # every job asks what the estimates say
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", out.stdout, re.M)
+    assert len(jobs) == sum(counts.values()) and all(int(mb) == requests[rule]["mem_mb"] for rule, mb in jobs)
 
 
 def test_one_table_builds_only_its_ancestors(tmp_path):
