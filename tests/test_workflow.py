@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 import yaml
@@ -155,6 +156,29 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     changed = write_config(tmp_path, tiny, **{"ding.probe.l2": 1e-3})
     counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
     assert counts == {"probes": 4, "sensitivity": 4, "specificity": 2, "ding_tables": 1, "report": 1, "all": 1}
+
+
+def test_tiny_end_to_end_recomputing_every_front_with_augmentation(tmp_path):
+    cfg = ROOT / "tests" / "configs" / "tiny-recompute.yaml"
+    smk("--cores", "2", "--configfile", str(cfg), "results/tables/digits/table1.md", "results/figures/digits/ood",
+        cwd=tmp_path)
+    res = tmp_path / "results"
+    acts = res / "activations/digits/rn-s0"
+    assert sorted(p.name for p in acts.iterdir()) == ["test.h5", "train.h5"]  # no outlier caches: recomputed
+    with h5py.File(acts / "train.h5") as f:
+        assert f.attrs["fronts"] == "summary" and len(f["layers"]) == 0 and len(f["pooled/layer2.1"]) == 1400
+    with h5py.File(acts / "test.h5") as f:
+        assert len(f["index"]) == 300  # the cached test subset
+    dm = pd.read_csv(res / "stitching/digits/dm/rn-s0__rn-s0.csv")
+    diag = dm[dm.source_layer == dm.target_layer]
+    assert (diag.relative_accuracy == 1.0).all() and (diag.struct < 1e-6).all()  # recomputed K fronts: identity
+    tlm = pd.read_csv(res / "stitching/digits/tlm/rn-s0__rn-s0.csv")
+    assert len(tlm) == 4 and tlm.accuracy.between(0, 1).all()
+    assert "fronts: recompute, flip_crop" in (res / "logs/tlm/digits/rn-s0__rn-s0.log").read_text()
+    ood = pd.read_csv(res / "matrices/digits/ood.csv")
+    self_dm = ood[(ood.method == "dm") & (ood.source_layer == ood.target_layer)]
+    assert len(ood) == 2 * 4 and (self_dm.auroc - 0.5).abs().max() < 0.05
+    assert "fronts: recompute" in (res / "logs/detector/digits/rn-s0/layer4.1.log").read_text()
 
 
 def _fake_data(tmp_path, raw: dict) -> dict:
