@@ -37,8 +37,13 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		chromium; } >.venv/apt.log 2>&1; } || echo "chromium unavailable: the browser test will skip"
 
+# Static checks (≈ 15 s): ruff and snakefmt with the settings in pyproject.toml, Snakemake's own linter, and the
+# structure tests (torch-free parse, registries that agree, downward imports, no lambdas in rules).
 lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_structure.py
 
 bench: venv
 	$(BIN)/python bench/bench_tlm.py

@@ -34,7 +34,7 @@ def main() -> None:
                 f"test subset {args.subset}": ("float32", {"samples": args.subset, "seed": 0})}
     rows = []
     for arch in ("resnet18", "vit"):
-        specs = {n: pipeline.network_spec(cfg, "digits", n) for n in (f"{arch}-s0", f"{arch}-s1")}
+        specs = {n: sconf.network_spec(cfg, "digits", n) for n in (f"{arch}-s0", f"{arch}-s1")}
         results = {}
         for name, (dtype, test) in variants.items():
             folder = args.out / name.replace(" ", "_") / arch

@@ -112,7 +112,9 @@ def measure(folder: Path) -> tuple[dict[str, float], dict[str, int]]:
 
 def project(sizes: list[int], values: list[float], to: int = PAPER) -> float:
     """Linear least squares in the training-set size, evaluated at ``to``."""
-    slope, icpt = np.polyfit(np.asarray(sizes, float), np.asarray(values, float), 1) if len(sizes) > 1 else (0, values[0])
+    if len(sizes) < 2:
+        return float(values[0])
+    slope, icpt = np.polyfit(np.asarray(sizes, float), np.asarray(values, float), 1)
     return float(icpt + slope * to)
 
 

@@ -1,16 +1,17 @@
-# Config validation (before any job), target lists, wildcard constraints and input functions.
-# Nothing here scans the filesystem: every cluster job re-parses this file.
+# Config validation (before any job), target lists, wildcard constraints and every input function of the rules.
+# Every cluster job and every `snakemake -n` re-parses this file: nothing here imports torch (or anything heavier
+# than the config check needs), scans the filesystem, or recomputes what it computed once (specs are memoised).
 
 import sys
+from functools import cache
 
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under --software-deployment-method conda
 
+from stitchlib import catalog
 from stitchlib import config as sconf
 from stitchlib import footprint
-from stitchlib.pipeline import network_spec
-from stitchlib.report import INDEX_LABELS, MEASURES
 
 try:
     config.update(sconf.validate(config))
@@ -19,6 +20,7 @@ except sconf.ConfigError as e:
 
 R = config["results"]
 THREADS = config["threads"]
+DEVICE = config["device"]
 # Each rule's memory and disk request, from the config's shapes (stitchlib.footprint; `stitchlib plan` prints them).
 RESOURCES = footprint.resources(config)
 
@@ -53,6 +55,9 @@ wildcard_constraints:
     method="dm|tlm",
 
 
+# ----------------------------------------------------------------------------- paths
+
+
 def ckpt(dataset, net):
     return f"{R}/models/{dataset}/{net}.pt"
 
@@ -65,6 +70,10 @@ def stitch_file(dataset, method, src, tgt, ext):
     return f"{R}/stitching/{dataset}/{method}/{src}__{tgt}.{ext}"
 
 
+# ----------------------------------------------------------------------------- the grid
+
+
+@cache
 def pairs():
     """Every (source, target) network pair the config asks for, once each."""
     seen = {}
@@ -74,65 +83,136 @@ def pairs():
     return list(seen)
 
 
-def stitching_csvs(dataset):
-    return [stitch_file(dataset, m, s, t, "csv") for m in config["stitching"]["methods"] for s, t in pairs()]
-
-
 def arch_networks(arch):
     return [sconf.network_id(arch, s) for s in config["seeds"]]
 
 
+@cache
+def spec(dataset, net):
+    """Everything a job needs to rebuild network ``net`` (config.network_spec), computed once per parse."""
+    return sconf.network_spec(config, dataset, net)
+
+
+def stitching_csvs(dataset):
+    return [stitch_file(dataset, m, s, t, "csv") for m in config["stitching"]["methods"] for s, t in pairs()]
+
+
 def index_csvs(dataset):
-    return [f"{R}/similarity/{dataset}/{arch}.csv" for arch in sconf.matrix_architectures(config)] \
-        if config["similarity"]["measures"] else []
+    if not config["similarity"]["measures"]:
+        return []
+    return [f"{R}/similarity/{dataset}/{arch}.csv" for arch in sconf.matrix_architectures(config)]
 
 
 def table_measures():
-    """Every measure of the run, as labelled in tables and figures."""
-    methods = config["stitching"]["methods"]
-    found = (["TLM"] if "tlm" in methods else []) + (["DM (func.)", "DM (struct.)"] if "dm" in methods else [])
-    found += [INDEX_LABELS[m] for m in config["similarity"]["measures"]]
-    return [m for m in MEASURES if m in found]
+    """Every measure of the run, as labelled in tables and figures, in the registry's order."""
+    found = catalog.stitching_measures(config["stitching"]["methods"]) + config["similarity"]["measures"]
+    return [m.label for name, m in catalog.MEASURES.items() if name in found]
 
 
 def heatmap_specs():
     """(measure, architecture, setting) of every heatmap, in the order of heatmaps(dataset)."""
-    return [(m, arch, setting) for m in table_measures() for arch in sconf.matrix_architectures(config)
-            for setting in config["stitching"]["settings"]]
+    return [
+        (m, arch, setting)
+        for m in table_measures()
+        for arch in sconf.matrix_architectures(config)
+        for setting in config["stitching"]["settings"]
+    ]
 
 
 def heatmaps(dataset):
-    return [f"{R}/figures/{dataset}/{setting}/{arch}/{MEASURES[m].slug}.png" for m, arch, setting in heatmap_specs()]
+    return [
+        f"{R}/figures/{dataset}/{setting}/{arch}/{catalog.measure(m).slug}.png" for m, arch, setting in heatmap_specs()
+    ]
 
 
 def table1(dataset):
     return [f"{R}/tables/{dataset}/table1.csv", f"{R}/tables/{dataset}/table1.md"]
 
 
-def detectors(dataset, net):
+def detectors(dataset, net, ext="pt"):
     arch = sconf.parse_network(net)[0]
-    return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.pt" for layer in sconf.layers(config, arch)]
+    return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.{ext}" for layer in sconf.layers(config, arch)]
 
 
 def ood_score_files(dataset, ext):
-    return [f"{R}/ood/{dataset}/scores/{m}/{s}__{t}.{ext}" for m in config["stitching"]["methods"] for s, t in pairs()]
+    methods = config["stitching"]["methods"]
+    return [f"{R}/ood/{dataset}/scores/{m}/{s}__{t}.{ext}" for m in methods for s, t in pairs()]
 
 
 def energy_plots(dataset):
     """Paper 1 Fig. 1c: the first network of each architecture, intra, first layer as the target."""
-    return [(m, sconf.network_id(arch, config["seeds"][0]), sconf.layers(config, arch)[0])
-            for m in config["stitching"]["methods"] for arch in sconf.matrix_architectures(config)
-            if "intra" in config["stitching"]["settings"]]
+    if "intra" not in config["stitching"]["settings"]:
+        return []
+    return [
+        (m, sconf.network_id(arch, config["seeds"][0]), sconf.layers(config, arch)[0])
+        for m in config["stitching"]["methods"]
+        for arch in sconf.matrix_architectures(config)
+    ]
 
 
 # Each study's rule file appends its final outputs here (a list of functions of the dataset name).
 STUDY_TARGETS = []
 
 
+@cache
 def all_targets():
     ood = [f"{R}/figures/{d}/ood" for d in config["datasets"]] if config["ood"]["enabled"] else []
     studies = [f for d in config["datasets"] for study in STUDY_TARGETS for f in study(d)]
     return [f for d in config["datasets"] for f in table1(d) + heatmaps(d)] + ood + studies
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+TABLE1_ARCHS = set(sconf.matrix_architectures(config))
+
+
+def table1_first(wildcards):
+    """Priority of a job: Table 1's chain (paper 1's networks, their stitches and indices) runs before the other
+    studies, so a new user sees Table 1 and its heatmaps first (Snakemake prefers higher priorities)."""
+    nets = [wildcards[k] for k in ("net", "src", "tgt") if k in wildcards.keys()]
+    archs = [sconf.parse_network(n)[0] for n in nets] or [wildcards.get("arch")]
+    return 10 if all(a in TABLE1_ARCHS for a in archs) else 0
+
+
+# ----------------------------------------------------------------------------- input functions and params
+
+
+def net_spec(w):
+    return spec(w.dataset, w.net)
+
+
+def src_spec(w):
+    return spec(w.dataset, w.src)
+
+
+def tgt_spec(w):
+    return spec(w.dataset, w.tgt)
+
+
+def arch_specs(w):
+    return {net: spec(w.dataset, net) for net in arch_networks(w.arch)}
+
+
+def net_ckpt(w):
+    return ckpt(w.dataset, w.net)
+
+
+def state_dict_input(w):
+    """The state-dict file a network of your own (family custom) is imported from; none for a trained one."""
+    return sconf.state_dict_files(config, w.dataset, w.net)
+
+
+def train_settings(w):
+    return sconf.train_settings(config, sconf.parse_network(w.net)[0])
+
+
+def net_acts(w):
+    """Both cached splits of network ``net``."""
+    return {split: acts(w.dataset, w.net, split) for split in ("train", "test")}
+
+
+def net_acts_and_ckpt(w):
+    return {**net_acts(w), "ckpt": net_ckpt(w)}
 
 
 def pair_inputs(w):
@@ -152,6 +232,29 @@ def extract_settings(w):
     return {**config["extract"], "fronts": sconf.caches_train_fronts(config, arch), "test": config["cache"]["test"]}
 
 
+def dm_stitches(w):
+    return stitch_file(w.dataset, "dm", w.src, w.tgt, "pt")
+
+
+def index_inputs(w):
+    return {net: acts(w.dataset, net, "test") for net in arch_networks(w.arch)}
+
+
+def index_pairs(w):
+    return [p for p in pairs() if sconf.parse_network(p[0])[0] == w.arch]
+
+
+def similarity_inputs(w):
+    return {"stitching": stitching_csvs(w.dataset), "indices": index_csvs(w.dataset)}
+
+
+def matrix(w):
+    return f"{R}/matrices/{w.dataset}/similarity.csv"
+
+
+# OOD detectors
+
+
 def detector_inputs(w):
     """The layer's activations: cached training split, outliers and held-out outliers, or the checkpoint that
     recomputes them (cache.consumers.detector)."""
@@ -161,34 +264,86 @@ def detector_inputs(w):
     return {**files, "ckpt": ckpt(w.dataset, w.net)}
 
 
+DETECTOR_SETTINGS = {k: v for k, v in config["ood"].items() if k not in ("enabled", "outliers")}
+METHODS = config["stitching"]["methods"]
+
+
+def ood_score_inputs(w):
+    return {
+        "stitches": [stitch_file(w.dataset, m, w.src, w.tgt, "pt") for m in METHODS],
+        "src_test": acts(w.dataset, w.src, "test"),
+        "tgt_test": acts(w.dataset, w.tgt, "test"),
+        "detectors": detectors(w.dataset, w.tgt),
+        "detector_specs": detectors(w.dataset, w.tgt, "json"),
+        "detector_energies": detectors(w.dataset, w.tgt, "npz"),
+    }
+
+
+def ood_figure_inputs(w):
+    return {
+        "similarity": matrix(w),
+        "scores": ood_score_files(w.dataset, "csv"),
+        "energies": ood_score_files(w.dataset, "npz"),
+    }
+
+
+def energy_plots_of(w):
+    return energy_plots(w.dataset)
+
+
 # ----------------------------------------------------------------------------- Ding et al. tests
-
-
-def ding_specs(dataset, arch):
-    return {net: network_spec(config, dataset, net) for net in arch_networks(arch)}
 
 
 def ding_tables(dataset):
     return [f"{R}/tables/{dataset}/table{t}.{ext}" for t in (2, 3) for ext in ("csv", "md")]
 
 
+def sensitivity_layers(w):
+    return sconf.sensitivity_layers(config, sconf.parse_network(w.net)[0])
+
+
+def specificity_inputs(w):
+    """Per network of the architecture: its probes, both cached splits and its checkpoint."""
+    out = {}
+    for net in arch_networks(w.arch):
+        out[f"{net}/probes"] = f"{R}/ding/{w.dataset}/probes/{net}.csv"
+        out.update({f"{net}/{split}": acts(w.dataset, net, split) for split in ("train", "test")})
+        out[f"{net}/ckpt"] = ckpt(w.dataset, net)
+    return out
+
+
+def ding_table_inputs(w):
+    return {
+        "sensitivity": [f"{R}/ding/{w.dataset}/sensitivity/{net}.csv" for net in sconf.networks(config)],
+        "specificity": [f"{R}/ding/{w.dataset}/specificity/{arch}.csv" for arch in sconf.matrix_architectures(config)],
+    }
+
+
 # ----------------------------------------------------------------------------- cross-architecture study
+
+CROSS_JOBS = sconf.cross_pairs(config)
 
 
 def cross_state_files(dataset, net, state):
     """Checkpoint and activation files of a network, trained or at its seeded initialisation ('random')."""
     if state == "trained":
         return ckpt(dataset, net), {s: acts(dataset, net, s) for s in ("train", "test")}
-    return f"{R}/models/{dataset}/init/{net}.pt", {s: f"{R}/activations/{dataset}/init/{net}/{s}.h5"
-                                                    for s in ("train", "test")}
+    splits = {s: f"{R}/activations/{dataset}/init/{net}/{s}.h5" for s in ("train", "test")}
+    return f"{R}/models/{dataset}/init/{net}.pt", splits
 
 
 def cross_pair_inputs(w):
     src_state, tgt_state = sconf.CONTROLS[w.condition]
     src_ckpt, src = cross_state_files(w.dataset, w.src, src_state)
     tgt_ckpt, tgt = cross_state_files(w.dataset, w.tgt, tgt_state)
-    return {"src_train": src["train"], "src_test": src["test"], "tgt_train": tgt["train"], "tgt_test": tgt["test"],
-            "src_ckpt": src_ckpt, "tgt_ckpt": tgt_ckpt}
+    return {
+        "src_train": src["train"],
+        "src_test": src["test"],
+        "tgt_train": tgt["train"],
+        "tgt_test": tgt["test"],
+        "src_ckpt": src_ckpt,
+        "tgt_ckpt": tgt_ckpt,
+    }
 
 
 def cross_pair_file(dataset, condition, method, src, tgt, ext):
@@ -197,20 +352,32 @@ def cross_pair_file(dataset, condition, method, src, tgt, ext):
 
 def cross_figures(dataset):
     """(grid, condition, method) → per-pair matrices figure; method → triangle figure."""
-    jobs = sconf.cross_pairs(config)
-    pairs = {(g, c, m): f"{R}/figures/{dataset}/cross/pairs_{g}_{c}_{m}.png"
-             for g, c in dict.fromkeys((g, c) for g, c, _, _ in jobs) for m in ("dm", "tlm")}
-    triangle = {m: f"{R}/figures/{dataset}/cross/triangle_{m}.png" for m in ("dm", "tlm")} \
-        if config["cross"]["architectures"] else {}
+    grids = dict.fromkeys((g, c) for g, c, _, _ in CROSS_JOBS)
+    pairs = {(g, c, m): f"{R}/figures/{dataset}/cross/pairs_{g}_{c}_{m}.png" for g, c in grids for m in ("dm", "tlm")}
+    triangle = {}
+    if config["cross"]["architectures"]:
+        triangle = {m: f"{R}/figures/{dataset}/cross/triangle_{m}.png" for m in ("dm", "tlm")}
     return pairs, triangle
 
 
+def cross_figures_of(w):
+    return cross_figures(w.dataset)
+
+
 def cross_targets(dataset):
-    if not sconf.cross_pairs(config):
+    if not CROSS_JOBS:
         return []
     pairs, triangle = cross_figures(dataset)
-    return [f"{R}/tables/{dataset}/cross/summary.{e}" for e in ("csv", "md")] + list(triangle.values()) \
-        + list(pairs.values())
+    summary = [f"{R}/tables/{dataset}/cross/summary.{e}" for e in ("csv", "md")]
+    return summary + list(triangle.values()) + list(pairs.values())
+
+
+def cross_report_inputs(w):
+    return {m: [cross_pair_file(w.dataset, c, m, s, t, "csv") for _, c, s, t in CROSS_JOBS] for m in ("dm", "tlm")}
+
+
+def cross_specs(w):
+    return {net: spec(w.dataset, net) for _, _, s, t in CROSS_JOBS for net in (s, t)}
 
 
 # ----------------------------------------------------------------------------- paper 2's matching studies
@@ -219,43 +386,75 @@ FRANK = sconf.frankenstein_settings(config)
 FRANK_CSV = {"layers", "track", "cka_penalty", "lowrank"}  # experiments that write one CSV per network pair
 # the settings each experiment reads beyond dm and tlm: a job's params are only these, so a change to one
 # experiment's settings reruns only its jobs (and the figures)
-FRANK_KEYS = {"layers": [], "track": ["track"], "cka_penalty": ["cka_penalty"], "lowrank": ["lowrank"],
-              "inits": ["inits", "mode_connectivity"], "sparsity": ["sparsity"]}
+FRANK_KEYS = {
+    "layers": [],
+    "track": ["track"],
+    "cka_penalty": ["cka_penalty"],
+    "lowrank": ["lowrank"],
+    "inits": ["inits", "mode_connectivity"],
+    "sparsity": ["sparsity"],
+}
 
 
 def frank_settings(experiment):
     return {k: FRANK[k] for k in ("dm", "tlm", *FRANK_KEYS[experiment])}
 
 
+def frank_experiment_settings(w):
+    return frank_settings(w.experiment)
+
+
 def frank_file(dataset, experiment, src, tgt, ext="csv"):
     return f"{R}/frankenstein/{dataset}/{experiment}/{src}__{tgt}.{ext}"
 
 
+@cache
 def frank_runs():
     return sconf.frankenstein_runs(config)
 
 
-def frank_results(dataset):
+def frank_results(w):
     """Every experiment's output files, by experiment (the figures job's inputs)."""
     out = {}
     for e, s, t in frank_runs():
-        out.setdefault(e, []).append(frank_file(dataset, e, s, t))
+        out.setdefault(e, []).append(frank_file(w.dataset, e, s, t))
         if e == "inits":
-            out.setdefault("mode", []).append(frank_file(dataset, "mode", s, t))
+            out.setdefault("mode", []).append(frank_file(w.dataset, "mode", s, t))
         if e == "sparsity":
-            out.setdefault("matrices", []).append(frank_file(dataset, "sparsity", s, t, "npz"))
+            out.setdefault("matrices", []).append(frank_file(w.dataset, "sparsity", s, t, "npz"))
     return out
 
 
 def frank_figure_names():
     """Paper 2's figures (Fig. 3 only when the study has width variants)."""
-    names = ["fig2_layers", "fig3_width", "fig4_tracking", "fig5_cka_penalty", "fig6_inits", "fig7_low_rank",
-             "fig8_sparsity", "exp6_mode_connectivity"]
+    names = [
+        "fig2_layers",
+        "fig3_width",
+        "fig4_tracking",
+        "fig5_cka_penalty",
+        "fig6_inits",
+        "fig7_low_rank",
+        "fig8_sparsity",
+        "exp6_mode_connectivity",
+    ]
     return [n for n in names if n != "fig3_width" or FRANK["widths"]]
 
 
 def frank_targets(dataset):
     if not frank_runs():
         return []
-    return [f"{R}/figures/{dataset}/frankenstein/{name}.png" for name in frank_figure_names()] + \
-        [f"{R}/tables/{dataset}/frankenstein/summary.{ext}" for ext in ("csv", "md")]
+    figures = [f"{R}/figures/{dataset}/frankenstein/{name}.png" for name in frank_figure_names()]
+    return figures + [f"{R}/tables/{dataset}/frankenstein/summary.{ext}" for ext in ("csv", "md")]
+
+
+# ----------------------------------------------------------------------------- the report
+
+REPORT = f"{R}/report.html"
+
+
+def report_inputs(w):
+    return [t for t in all_targets() if t != REPORT]
+
+
+def report_target(dataset):
+    return [REPORT]

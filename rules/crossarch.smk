@@ -12,19 +12,19 @@ rule cross_init:
         ckpt=f"{R}/models/{{dataset}}/init/{{net}}.pt",
         train=f"{R}/activations/{{dataset}}/init/{{net}}/train.h5",
         test=f"{R}/activations/{{dataset}}/init/{{net}}/test.h5",
-    params:
-        spec=lambda w: network_spec(config, w.dataset, w.net),
-        settings=extract_settings,
-        device=config["device"],
     log:
         f"{R}/logs/cross_init/{{dataset}}/{{net}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=requested("cross_init", "mem_mb"),
         disk_mb=requested("cross_init", "disk_mb"),
         runtime=30,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=extract_settings,
+        device=DEVICE,
     script:
         "../workflow_scripts/cross_init.py"
 
@@ -37,52 +37,50 @@ rule cross_pair:
         dm_csv=cross_pair_file("{dataset}", "{condition}", "dm", "{src}", "{tgt}", "csv"),
         tlm_pt=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "pt"),
         tlm_csv=cross_pair_file("{dataset}", "{condition}", "tlm", "{src}", "{tgt}", "csv"),
-    wildcard_constraints:
-        condition="|".join(sconf.CONTROLS),
-    params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        dm=sconf.cross_dm_settings(config),
-        tlm=sconf.cross_tlm_settings(config),
-        conv_stitch=config["cross"]["stitch"],
-        fronts=FRONTS["cross"],
-        device=config["device"],
     log:
         f"{R}/logs/cross_pair/{{dataset}}/{{condition}}/{{src}}__{{tgt}}.log",
+    wildcard_constraints:
+        condition="|".join(sconf.CONTROLS),
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=requested("cross_pair", "mem_mb"),
         disk_mb=requested("cross_pair", "disk_mb"),
         runtime=240,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        src=src_spec,
+        tgt=tgt_spec,
+        dm=sconf.cross_dm_settings(config),
+        tlm=sconf.cross_tlm_settings(config),
+        conv_stitch=config["cross"]["stitch"],
+        fronts=FRONTS["cross"],
+        device=DEVICE,
     script:
         "../workflow_scripts/cross_pair.py"
 
 
 rule cross_report:
     input:
-        dm=lambda w: [cross_pair_file(w.dataset, c, "dm", s, t, "csv") for _, c, s, t in sconf.cross_pairs(config)],
-        tlm=lambda w: [cross_pair_file(w.dataset, c, "tlm", s, t, "csv") for _, c, s, t in sconf.cross_pairs(config)],
+        unpack(cross_report_inputs),
     output:
         table=f"{R}/matrices/{{dataset}}/cross/stitches.csv",
         summary_csv=f"{R}/tables/{{dataset}}/cross/summary.csv",
         summary_md=f"{R}/tables/{{dataset}}/cross/summary.md",
         figures=[f for figures in cross_figures("{dataset}") for f in figures.values()],
-    params:
-        figures=lambda w: cross_figures(w.dataset),
-        jobs=sconf.cross_pairs(config),
-        specs=lambda w: {net: network_spec(config, w.dataset, net)
-                         for _, _, s, t in sconf.cross_pairs(config) for net in (s, t)},
     log:
         f"{R}/logs/cross_report/{{dataset}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: 1
     resources:
         mem_mb=requested("cross_report", "mem_mb"),
         disk_mb=requested("cross_report", "disk_mb"),
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        figures=cross_figures_of,
+        jobs=CROSS_JOBS,
+        specs=cross_specs,
     script:
         "../workflow_scripts/cross_report.py"
 

@@ -7,34 +7,28 @@ rule frankenstein_run:
         unpack(pair_inputs),
     output:
         csv=f"{R}/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.csv",
-    wildcard_constraints:
-        experiment="|".join(sorted(FRANK_CSV)),
-    params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        settings=lambda w: frank_settings(w.experiment),
-        fronts=FRONTS["frankenstein"],
-        device=config["device"],
     log:
         f"{R}/logs/frankenstein/{{dataset}}/{{experiment}}/{{src}}__{{tgt}}.log",
+    wildcard_constraints:
+        experiment="|".join(sorted(FRANK_CSV)),
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=requested("frankenstein_run", "mem_mb"),
         disk_mb=requested("frankenstein_run", "disk_mb"),
         runtime=120,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        src=src_spec,
+        tgt=tgt_spec,
+        settings=frank_experiment_settings,
+        fronts=FRONTS["frankenstein"],
+        device=DEVICE,
     script:
         "../workflow_scripts/frankenstein.py"
 
 
 use rule frankenstein_run as frankenstein_inits with:
-    params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        settings=frank_settings("inits"),
-        fronts=FRONTS["frankenstein"],
-        device=config["device"],
     output:
         csv=f"{R}/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.csv",
         mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
@@ -44,15 +38,15 @@ use rule frankenstein_run as frankenstein_inits with:
         mem_mb=requested("frankenstein_inits", "mem_mb"),
         disk_mb=requested("frankenstein_inits", "disk_mb"),
         runtime=120,
+    params:
+        src=src_spec,
+        tgt=tgt_spec,
+        settings=frank_settings("inits"),
+        fronts=FRONTS["frankenstein"],
+        device=DEVICE,
 
 
 use rule frankenstein_run as frankenstein_sparsity with:
-    params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        settings=frank_settings("sparsity"),
-        fronts=FRONTS["frankenstein"],
-        device=config["device"],
     output:
         csv=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.csv",
         matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",
@@ -62,26 +56,32 @@ use rule frankenstein_run as frankenstein_sparsity with:
         mem_mb=requested("frankenstein_sparsity", "mem_mb"),
         disk_mb=requested("frankenstein_sparsity", "disk_mb"),
         runtime=120,
+    params:
+        src=src_spec,
+        tgt=tgt_spec,
+        settings=frank_settings("sparsity"),
+        fronts=FRONTS["frankenstein"],
+        device=DEVICE,
 
 
 rule frankenstein_figures:
     input:
-        unpack(lambda w: frank_results(w.dataset)),
+        unpack(frank_results),
     output:
         figures=[f"{R}/figures/{{dataset}}/frankenstein/{name}.png" for name in frank_figure_names()],
         csv=f"{R}/tables/{{dataset}}/frankenstein/summary.csv",
         md=f"{R}/tables/{{dataset}}/frankenstein/summary.md",
-    params:
-        settings=FRANK,
-        names=frank_figure_names(),
     log:
         f"{R}/logs/frankenstein/{{dataset}}/figures.log",
+    conda:
+        "../envs/stitchlib.yaml"
     resources:
         mem_mb=requested("frankenstein_figures", "mem_mb"),
         disk_mb=requested("frankenstein_figures", "disk_mb"),
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        settings=FRANK,
+        names=frank_figure_names(),
     script:
         "../workflow_scripts/frankenstein_figures.py"
 

@@ -5,24 +5,24 @@
 
 rule outliers:
     input:
-        ckpt=lambda w: ckpt(w.dataset, w.net),
+        ckpt=net_ckpt,
     output:
         outliers=f"{R}/activations/{{dataset}}/{{net}}/outliers.h5",
         heldout=f"{R}/activations/{{dataset}}/{{net}}/heldout.h5",
-    params:
-        spec=lambda w: network_spec(config, w.dataset, w.net),
-        settings=config["extract"],
-        outliers=config["ood"]["outliers"],
-        device=config["device"],
     log:
         f"{R}/logs/outliers/{{dataset}}/{{net}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=requested("outliers", "mem_mb"),
         disk_mb=requested("outliers", "disk_mb"),
         runtime=30,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=config["extract"],
+        outliers=config["ood"]["outliers"],
+        device=DEVICE,
     script:
         "../workflow_scripts/extract.py"
 
@@ -34,71 +34,66 @@ rule detector:
         pt=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.pt",
         json=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.json",
         npz=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.npz",
-    params:
-        spec=lambda w: network_spec(config, w.dataset, w.net),
-        settings={k: v for k, v in config["ood"].items() if k not in ("enabled", "outliers")},
-        fronts=FRONTS["detector"],
-        outliers=config["ood"]["outliers"],
-        device=config["device"],
     log:
         f"{R}/logs/detector/{{dataset}}/{{net}}/{{layer}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=requested("detector", "mem_mb"),
         disk_mb=requested("detector", "disk_mb"),
         runtime=240,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        spec=net_spec,
+        settings=DETECTOR_SETTINGS,
+        fronts=FRONTS["detector"],
+        outliers=config["ood"]["outliers"],
+        device=DEVICE,
     script:
         "../workflow_scripts/detector.py"
 
 
 rule ood_scores:
     input:
-        stitches=[f"{R}/stitching/{{dataset}}/{m}/{{src}}__{{tgt}}.pt" for m in config["stitching"]["methods"]],
-        src_test=lambda w: acts(w.dataset, w.src, "test"),
-        tgt_test=lambda w: acts(w.dataset, w.tgt, "test"),
-        detectors=lambda w: detectors(w.dataset, w.tgt),
+        unpack(ood_score_inputs),
     output:
-        csv=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.csv" for m in config["stitching"]["methods"]],
-        npz=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.npz" for m in config["stitching"]["methods"]],
-    params:
-        src=lambda w: network_spec(config, w.dataset, w.src),
-        tgt=lambda w: network_spec(config, w.dataset, w.tgt),
-        methods=config["stitching"]["methods"],
-        block_mb=config["cache"]["block_mb"],
-        device=config["device"],
+        csv=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.csv" for m in METHODS],
+        npz=[f"{R}/ood/{{dataset}}/scores/{m}/{{src}}__{{tgt}}.npz" for m in METHODS],
     log:
         f"{R}/logs/ood_scores/{{dataset}}/{{src}}__{{tgt}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
         mem_mb=requested("ood_scores", "mem_mb"),
         disk_mb=requested("ood_scores", "disk_mb"),
         runtime=30,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        src=src_spec,
+        tgt=tgt_spec,
+        methods=METHODS,
+        block_mb=config["cache"]["block_mb"],
+        device=DEVICE,
     script:
         "../workflow_scripts/ood_scores.py"
 
 
 rule ood_figures:
     input:
-        similarity=f"{R}/matrices/{{dataset}}/similarity.csv",
-        scores=lambda w: ood_score_files(w.dataset, "csv"),
-        energies=lambda w: ood_score_files(w.dataset, "npz"),
+        unpack(ood_figure_inputs),
     output:
         table=f"{R}/matrices/{{dataset}}/ood.csv",
         figures=directory(f"{R}/figures/{{dataset}}/ood"),
-    params:
-        energy_plots=lambda w: energy_plots(w.dataset),
     log:
         f"{R}/logs/ood_figures/{{dataset}}.log",
+    conda:
+        "../envs/stitchlib.yaml"
     threads: 1
     resources:
         mem_mb=requested("ood_figures", "mem_mb"),
         disk_mb=requested("ood_figures", "disk_mb"),
         runtime=10,
-    conda:
-        "../envs/stitchlib.yaml"
+    params:
+        energy_plots=energy_plots_of,
     script:
         "../workflow_scripts/ood_figures.py"

@@ -12,12 +12,13 @@ Every example below runs as written (``tests/test_api.py`` runs them as doctests
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from stitchlib import io, models, similarity, stitching, tasks
+from stitchlib import catalog, config, io, models, similarity, stitching, tasks
 from stitchlib.train import train_network
 
 __all__ = ["network", "activations", "fit_dm", "train_tlm", "evaluate", "compare"]
@@ -103,7 +104,8 @@ def train_tlm(stitch: stitching.AffineStitch, receiver: models.Stitchable, layer
     >>> x, y = tr.tensors[0][:256], tr.tensors[1][:256]
     >>> f = stitchlib.network("resnet18", num_classes=10, image_size=16, width=4, seed=0, train=tr, epochs=1)
     >>> g = stitchlib.network("resnet18", num_classes=10, image_size=16, width=4, seed=1, train=tr, epochs=1)
-    >>> src, tgt = stitchlib.activations(f, x, ["layer3.0"])["layer3.0"], stitchlib.activations(g, x, ["layer3.0"])["layer3.0"]
+    >>> src = stitchlib.activations(f, x, ["layer3.0"])["layer3.0"]
+    >>> tgt = stitchlib.activations(g, x, ["layer3.0"])["layer3.0"]
     >>> T = stitchlib.train_tlm(stitchlib.fit_dm(src, tgt), g, "layer3.0", src, y, epochs=2)
     >>> 0 <= stitchlib.evaluate(T, g, "layer3.0", src, tgt, y)["accuracy"] <= 1
     True
@@ -151,12 +153,13 @@ def compare(a: Any, b: Any, measures: Sequence[str] = ("lcka", "lcka_debiased", 
     >>> {k: round(v, 6) for k, v in r.items()}
     {'lcka': 1.0, 'pwcca': 1.0, 'opd': 0.0}
     """
-    from stitchlib.config import DEFAULT_RESHAPE
-
-    modes = {m: reshape for m in measures} if isinstance(reshape, str) else {**DEFAULT_RESHAPE, **(reshape or {})}
+    if isinstance(reshape, str):
+        modes = {m: reshape for m in measures}
+    else:
+        modes = {**config.DEFAULT_RESHAPE, **(reshape or {})}
     out = {}
     for m in measures:
-        loadings = similarity.MEASURES[m].needs_loadings or None
+        loadings = catalog.MEASURES[m].needs_loadings or None
         sa = similarity.layer_stats(a, name="a", reshape=modes[m], loadings=loadings)
         sb = similarity.layer_stats(b, name="b", reshape=modes[m], loadings=loadings)
         out[m] = float(similarity.pairwise([sa], [sb], [m], **options)[m][0, 0])

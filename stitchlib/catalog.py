@@ -6,6 +6,7 @@ so it must stay cheap (no torch, no filesystem scans beyond a few ``stat`` calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,95 @@ def check_dataset(name: str, root: str | None, download: bool = False, where: st
                                 f"{expected}{hint} (or set {where}.download: true where the network allows)")
 
 
+# ----------------------------------------------------------------------------- measures
+
+RESHAPES: dict[str, str] = {  # how a conv map (C×H×W) or token sequence (T×D) becomes a matrix (stitchlib.similarity)
+    "flatten": "one row per sample, C·H·W (conv) or T·D (tokens) columns — paper 1's CKA input",
+    "positions": "one row per sample and spatial position (n·H·W rows, C columns) or token (n·T rows, D columns)",
+    "pool": "global average over spatial positions (conv) or tokens → n × C or n × D",
+    "paper1": "pair-dependent (paper 1's PWCCA/OPD code): 'positions' when both layers' shapes match, else 'pool'",
+}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One way of scoring how similar a source layer is to a target layer.
+
+    ``kind`` 'index': a structural index of two activation matrices, computed by the kernel of the same name in
+    ``stitchlib.similarity`` (configurable in ``similarity.measures``); 'stitching': a score of the stitched
+    network (from the DM / TLM jobs). ``label`` is the name in tables and figures (paper 1's), ``slug`` the
+    file-name form, ``higher_is_similar`` False for distances. Indices also state their ``default_reshape``
+    (paper 1's: CKA flattened, the CCA family and OPD as paper 1's code feeds them), whether they are
+    ``symmetric`` in (A, B), whether they need the neurons' loadings (PWCCA's weights), and whether the Ding et
+    al. tests offer them (``ding``; the in-sample R²_LR and DM (struct.) would repeat the stitched DM there).
+    Stitching measures name the ``method`` whose jobs score them and the ``column`` of its result CSVs."""
+
+    name: str
+    label: str
+    slug: str
+    higher_is_similar: bool
+    kind: str = "index"
+    symmetric: bool = False
+    default_reshape: str | None = None
+    needs_loadings: bool = False
+    ding: bool = False
+    method: str | None = None
+    column: str | None = None
+
+    @property
+    def quantity(self) -> str:
+        if self.kind == "stitching" and self.higher_is_similar:
+            return "relative accuracy"
+        return "similarity" if self.higher_is_similar else "distance"
+
+
+# Paper 1's Table 1 order first; every table and figure lists measures in this order.
+MEASURES: dict[str, Measure] = {m.name: m for m in (
+    Measure("pwcca", "PWCCA", "pwcca", True, default_reshape="paper1", needs_loadings=True, ding=True),
+    Measure("opd", "OPD", "opd", False, symmetric=True, default_reshape="paper1", ding=True),
+    Measure("lcka", "LCKA", "lcka", True, symmetric=True, default_reshape="flatten", ding=True),
+    Measure("tlm", "TLM", "tlm", True, kind="stitching", method="tlm", column="relative_accuracy"),
+    Measure("dm_struct_stitched", "DM (struct.)", "dm_struct", False, kind="stitching", method="dm", column="struct"),
+    Measure("dm_func", "DM (func.)", "dm_func", True, kind="stitching", method="dm", column="relative_accuracy"),
+    Measure("lcka_debiased", "LCKA (debiased)", "lcka_debiased", True, symmetric=True, default_reshape="flatten",
+            ding=True),
+    Measure("mean_cca", "mean CCA", "mean_cca", True, symmetric=True, default_reshape="paper1", ding=True),
+    Measure("svcca", "SVCCA", "svcca", True, symmetric=True, default_reshape="paper1", ding=True),
+    Measure("r2_lr", "R²_LR", "r2_lr", True, default_reshape="paper1"),
+    Measure("dm_struct", "DM (struct., in-sample)", "dm_struct_in_sample", False, default_reshape="paper1"),
+)}
+INDICES = [m for m, x in MEASURES.items() if x.kind == "index"]  # the structural indices, in table order
+LABELS = {x.label: x for x in MEASURES.values()}  # table label → measure
+
+
+def stitching_measures(methods: list[str] | tuple[str, ...] = ("dm", "tlm")) -> list[str]:
+    """The stitching measures the given methods score, in table order."""
+    return [m for m, x in MEASURES.items() if x.kind == "stitching" and x.method in methods]
+
+
+def functional(method: str) -> Measure:
+    """The relative-accuracy measure of a stitching method (TLM, DM (func.))."""
+    return next(x for x in MEASURES.values() if x.method == method and x.column == "relative_accuracy")
+
+
+def measure(name: str) -> Measure:
+    """A measure by name or by table label."""
+    try:
+        return MEASURES[name] if name in MEASURES else LABELS[name]
+    except KeyError:
+        raise ValueError(f"unknown measure {name!r}; known: {list(MEASURES)}") from None
+
+
+# How a stitch joins two conv maps of different sizes (stitchlib.stitching.make_stitch; config key cross.stitch).
+CONV_STITCHES: dict[str, str] = {
+    "bilinear": "bilinear resize of the source to the target's size, then a 1×1 conv (paper 1)",
+    "paper3": "k×k conv with stride k when the source map is k× larger, nearest ×k upsampling then a 1×1 conv when "
+              "k× smaller (paper 3)",
+}
+
+
+# ----------------------------------------------------------------------------- architectures
+
 STEM = "stem"  # the stem's output, a cut point of the ``resnet`` family (the input of its first block)
 
 
@@ -94,19 +184,46 @@ def tiny10_layer_names() -> list[str]:
     return [f"conv{i}" for i in range(1, 9)]
 
 
-ARCHITECTURE_PARAMS: dict[str, dict[str, object]] = {
-    # family -> its parameters and their defaults (paper 1's sizes)
-    "resnet18": {"width": 64},
-    # paper 3's small ResNets R_abcd: stage_blocks [a, b, c, d] (R1111 ≈ ResNet-10, R2222 = ResNet-18)
-    "resnet": {"width": 64, "stage_blocks": [2, 2, 2, 2]},
-    # paper 2's Tiny-10 (Kornblith et al. 2019): eight convs of widths w, w, 2w, 2w, 2w, 4w, 4w, 4w
-    "tiny10": {"width": 16},
-    "vit": {"patch_size": 4, "depth": 12, "heads": 3, "hidden_dim": 192, "mlp_dim": 768, "dropout": 0.0},
-    # paper 2's Inception V1: torchvision's GoogLeNet without auxiliary heads (its default dropout 0.2)
-    "googlenet": {"dropout": 0.2, "transform_input": False},
-    # a network of your own (stitchlib.hooked): factory(**kwargs) cut at the module paths `points` (called
-    # `names`, default the paths), weights imported from `state_dict` ({seed} and {dataset} filled in per network)
-    "custom": {"factory": "", "kwargs": {}, "points": [], "names": [], "state_dict": ""},
+@dataclass(frozen=True)
+class Family:
+    """An architecture family: its parameters with their defaults (paper 1's sizes), the names of its stitch points
+    in network order as a function of the (defaulted) parameters, and the smallest input it accepts. The builder
+    lives in ``stitchlib.models`` under the same name (a test checks the two registries agree)."""
+
+    params: dict[str, object]
+    layer_names: Callable[[dict], list[str]]
+    min_image_size: int = 4
+    description: str = ""
+
+
+def _resnet_family_layers(p: dict) -> list[str]:
+    blocks = p["stage_blocks"]
+    if not (isinstance(blocks, list) and blocks and all(isinstance(b, int) and b >= 1 for b in blocks)):
+        raise ValueError(f"params.stage_blocks: a non-empty list of block counts ≥ 1 per stage, not {blocks!r}")
+    return [STEM, *resnet_layer_names(tuple(blocks))]
+
+
+FAMILIES: dict[str, Family] = {
+    "resnet18": Family({"width": 64}, lambda p: resnet_layer_names((2, 2, 2, 2)),
+                       description="paper 1's CIFAR-stem ResNet-18; stitch points: the 8 residual-block outputs"),
+    # the stem output is a stitch point too, so that every block input is one (paper 3 stitches into block inputs)
+    "resnet": Family({"width": 64, "stage_blocks": [2, 2, 2, 2]}, _resnet_family_layers,
+                     description="paper 3's small ResNets R_abcd (stage_blocks [a, b, c, d]; R1111 ≈ ResNet-10, "
+                                 "R2222 = ResNet-18) and paper 2's ResNet-20 ([3, 3, 3])"),
+    "tiny10": Family({"width": 16}, lambda p: tiny10_layer_names(), min_image_size=12,
+                     description="paper 2's Tiny-10 (Kornblith et al. 2019): eight convs of widths w, w, 2w, 2w, 2w, "
+                                 "4w, 4w, 4w (its valid 3×3 conv follows two stride-2 convs)"),
+    "vit": Family({"patch_size": 4, "depth": 12, "heads": 3, "hidden_dim": 192, "mlp_dim": 768, "dropout": 0.0},
+                  lambda p: vit_layer_names(int(p["depth"])),
+                  description="torchvision VisionTransformer (paper 1's ViT-Ti/4); stitch points: the encoder blocks"),
+    "googlenet": Family({"dropout": 0.2, "transform_input": False}, lambda p: list(GOOGLENET_LAYERS),
+                        min_image_size=15,  # smaller inputs shrink a feature map to nothing before inception5b
+                        description="paper 2's Inception V1: torchvision's GoogLeNet without auxiliary heads"),
+    # a network of your own (stitchlib.hooked): factory(**kwargs) cut at the module paths `points` (called `names`,
+    # default the paths), weights imported from `state_dict` ({seed} and {dataset} filled in per network)
+    "custom": Family({"factory": "", "kwargs": {}, "points": [], "names": [], "state_dict": ""},
+                     lambda p: list(p["names"] or p["points"]),
+                     description="a network of your own: an importable factory cut at module paths by hooks"),
 }
 
 # OOD detector sizes per layout (stitchlib.ood): paper 1's ResNet-18 at 32×32 and ViT-Ti
@@ -115,14 +232,12 @@ DETECTOR_SIZE: dict[str, dict[str, object]] = {
     "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0},
 }
 
-MIN_IMAGE_SIZE = {"googlenet": 15}  # smaller inputs shrink a feature map to nothing before inception5b
-
 
 def architecture_params(family: str, params: dict, where: str = "architecture") -> dict:
     """Defaults merged with ``params``; unknown families or parameter names are errors naming ``where``."""
-    if family not in ARCHITECTURE_PARAMS:
-        raise ValueError(f"{where}.family: unknown architecture {family!r}; known: {sorted(ARCHITECTURE_PARAMS)}")
-    known = ARCHITECTURE_PARAMS[family]
+    if family not in FAMILIES:
+        raise ValueError(f"{where}.family: unknown architecture {family!r}; known: {sorted(FAMILIES)}")
+    known = FAMILIES[family].params
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(f"{where}.params: unknown parameter(s) {unknown} for {family!r}; known: {sorted(known)}")
@@ -168,26 +283,12 @@ def state_dict_file(params: dict, seed: int, dataset: str) -> str:
 
 
 def layer_names(family: str, params: dict) -> list[str]:
-    """Stitch-point names of an architecture, in network order.
+    """Stitch-point names of an architecture, in network order (``FAMILIES[family].layer_names``).
 
     ``resnet18`` and ``vit``: the block outputs. ``resnet``: the stem output (:data:`STEM`) and then the
     block outputs, so that every block's input is a stitch point too (paper 3 stitches into block inputs).
     """
-    p = architecture_params(family, params)
-    if family == "resnet18":
-        return resnet_layer_names((2, 2, 2, 2))
-    if family == "tiny10":
-        return tiny10_layer_names()
-    if family == "googlenet":
-        return list(GOOGLENET_LAYERS)
-    if family == "custom":
-        return list(p["names"] or p["points"])
-    if family == "resnet":
-        blocks = p["stage_blocks"]
-        if not (isinstance(blocks, list) and blocks and all(isinstance(b, int) and b >= 1 for b in blocks)):
-            raise ValueError(f"params.stage_blocks: a non-empty list of block counts ≥ 1 per stage, not {blocks!r}")
-        return [STEM, *resnet_layer_names(tuple(blocks))]
-    return vit_layer_names(int(p["depth"]))
+    return FAMILIES[family].layer_names(architecture_params(family, params))
 
 
 def blocks_before(family: str, params: dict) -> tuple[dict[str, int], int]:
@@ -259,7 +360,8 @@ def resnet_param_count(width: int, stage_blocks, num_classes: int, in_channels: 
 
 def vit_encoder_param_count(tokens: int, hidden: int, depth: int, mlp: int) -> int:
     """Parameters of torchvision's ViT ``Encoder``: positional embedding, pre-norm blocks, final LayerNorm."""
-    block = 4 * hidden + (3 * hidden * hidden + 3 * hidden) + (hidden * hidden + hidden) + 2 * hidden * mlp + mlp + hidden
+    attention = (3 * hidden * hidden + 3 * hidden) + (hidden * hidden + hidden)  # in-projection q, k, v; out
+    block = 4 * hidden + attention + 2 * hidden * mlp + mlp + hidden  # two LayerNorms, attention, the MLP
     return tokens * hidden + depth * block + 2 * hidden
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``stitchlib inspect FILE.h5``, ``stitchlib check-config CONFIG.yaml`` and ``stitchlib plan CONFIG.yaml``."""
+"""Command line: ``stitchlib inspect FILE.h5``, ``stitchlib check-config CONFIG.yaml``, ``stitchlib plan CONFIG``."""
 
 from __future__ import annotations
 

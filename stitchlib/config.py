@@ -29,8 +29,14 @@ def _has_digits(cfg: dict[str, Any]) -> bool:
 
 
 # Paper 1: CKA on flattened C·H·W; PWCCA/OPD (and the CCA family) as its public code feeds them.
-DEFAULT_RESHAPE = {"lcka": "flatten", "lcka_debiased": "flatten", "pwcca": "paper1", "mean_cca": "paper1",
-                   "svcca": "paper1", "opd": "paper1", "r2_lr": "paper1", "dm_struct": "paper1"}
+DEFAULT_RESHAPE = {m: catalog.MEASURES[m].default_reshape for m in catalog.INDICES}
+
+# The schema's enums that name registry entries ($defs in config.schema.yaml), filled in when it is loaded.
+REGISTRY_ENUMS = {
+    "family": list(catalog.FAMILIES), "index": catalog.INDICES,
+    "ding_index": [m for m in catalog.INDICES if catalog.MEASURES[m].ding], "reshape": list(catalog.RESHAPES),
+    "conv_stitch": list(catalog.CONV_STITCHES),
+}
 
 
 class ConfigError(ValueError):
@@ -38,10 +44,19 @@ class ConfigError(ValueError):
 
 
 @lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """config.schema.yaml with the registries' names filled into its enums (:data:`REGISTRY_ENUMS`)."""
+    out = yaml.safe_load(SCHEMA_PATH.read_text())
+    for name, values in REGISTRY_ENUMS.items():
+        out["$defs"][name]["enum"] = list(values)
+    return out
+
+
+@lru_cache(maxsize=1)
 def _validator():
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema_ = schema()
     base = jsonschema.Draft202012Validator
 
     def fill_defaults(validator, properties, instance, schema):
@@ -52,7 +67,7 @@ def _validator():
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
     cls = jsonschema.validators.extend(base, {"properties": fill_defaults})
-    return cls(schema)
+    return cls(schema_)
 
 
 def _path(parts) -> str:
@@ -121,12 +136,12 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
                 if size % patch:
                     raise ConfigError(f"{where}.params.patch_size: {patch} does not divide the image size {size} "
                                       f"of dataset {ds!r}")
-        if a["family"] in catalog.MIN_IMAGE_SIZE:
-            for ds, d in cfg["datasets"].items():
-                size, least = d["image_size"] or catalog.dataset(ds).image_size, catalog.MIN_IMAGE_SIZE[a["family"]]
-                if size < least:
-                    raise ConfigError(f"datasets.{ds}.image_size: {a['family']} ({where}) needs images of at least "
-                                      f"{least} px, and dataset {ds!r} has {size}; set datasets.{ds}.image_size")
+        least = catalog.FAMILIES[a["family"]].min_image_size
+        for ds, d in cfg["datasets"].items():
+            size = d["image_size"] or catalog.dataset(ds).image_size
+            if size < least:
+                raise ConfigError(f"datasets.{ds}.image_size: {a['family']} ({where}) needs images of at least "
+                                  f"{least} px, and dataset {ds!r} has {size}; set datasets.{ds}.image_size")
         if a["family"] == "custom":
             _check_custom(cfg, arch)
     _check_cache(cfg)
@@ -260,7 +275,8 @@ def front_policy(cfg: dict[str, Any], consumer: str) -> str:
         return policy
     if cfg["device"] == "cuda":
         return "recompute"
-    sizes = [train_cache_bytes(cfg, arch, ds) for arch in consumer_architectures(cfg, consumer) for ds in cfg["datasets"]]
+    sizes = [train_cache_bytes(cfg, arch, ds) for arch in consumer_architectures(cfg, consumer)
+             for ds in cfg["datasets"]]
     return "recompute" if max([s or 0 for s in sizes], default=0) > c["auto_limit_gb"] * 1e9 else "cache"
 
 
@@ -316,6 +332,17 @@ def network_pairs(cfg: dict[str, Any], setting: str) -> list[tuple[str, str]]:
         else:
             out += [(network_id(arch, s), network_id(arch, t)) for s, t in permutations(cfg["seeds"], 2)]
     return out
+
+
+def network_spec(cfg: dict[str, Any], dataset: str, net: str) -> dict[str, Any]:
+    """Everything needed to rebuild network ``net`` (``arch-sSEED``) trained on ``dataset`` (a job's params)."""
+    arch, seed = parse_network(net)
+    a, d = cfg["architectures"][arch], cfg["datasets"][dataset]
+    return {
+        "net": net, "arch": arch, "seed": seed, "family": a["family"], "params": dict(a["params"]),
+        "layers": layers(cfg, arch), "dataset": dataset, "root": d["root"], "download": d["download"],
+        "image_size": image_size(cfg, dataset), "num_classes": catalog.dataset(dataset).num_classes,
+    }
 
 
 def train_settings(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -442,15 +469,17 @@ def _check_frankenstein(cfg: dict[str, Any]) -> None:
     archs = cfg["architectures"]
     named = [(f"frankenstein.architectures[{i}]", a) for i, a in enumerate(f["architectures"])]
     named += [(f"frankenstein.widths.{a}", a) for a in f["widths"]]
-    named += [(f"frankenstein.{k}", v) for k, v in (("network", f["network"]),
-                                                     ("cka_penalty.architecture", f["cka_penalty"]["architecture"])) if v]
+    named += [(f"frankenstein.{k}", v) for k, v in (("network", f["network"]), ("cka_penalty.architecture",
+                                                                                f["cka_penalty"]["architecture"])) if v]
     for where, arch in named:
         if arch not in archs:
             raise ConfigError(f"{where}: {arch!r} is not under architectures; known: {sorted(archs)}")
     if not (f["network"] or f["architectures"]):
-        raise ConfigError("frankenstein.network: name the network of Figs. 4 and 6–8 (or list frankenstein.architectures)")
+        raise ConfigError("frankenstein.network: name the network of Figs. 4 and 6–8 (or list "
+                          "frankenstein.architectures)")
     r = frankenstein_settings(cfg)
-    checks = [("track.layer", r["network"], [r["track"]["layer"]]), ("inits.layer", r["network"], [r["inits"]["layer"]]),
+    checks = [("track.layer", r["network"], [r["track"]["layer"]]),
+              ("inits.layer", r["network"], [r["inits"]["layer"]]),
               ("sparsity.layer", r["network"], [r["sparsity"]["layer"]]),
               ("lowrank.layers", r["network"], r["lowrank"]["layers"]),
               ("cka_penalty.layer", r["cka_penalty"]["architecture"], [r["cka_penalty"]["layer"]])]

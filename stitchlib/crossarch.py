@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stitchlib import catalog, io, pipeline
-from stitchlib.report import _plt
+from stitchlib import catalog, io, pipeline, plotting
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,8 @@ def summary_markdown(t: pd.DataFrame) -> str:
             "|---|---|---|---|---|---|---|\n")
     fmt = lambda r, k: "–" if np.isnan(r[k]) else f"{r[k]:.3f} ({r['n_' + k]})"  # noqa: E731
     return head + "".join(f"| {r['grid']} | {r['condition']} | {r['method']} | {fmt(r, 'later')} | "
-                          f"{fmt(r, 'earlier')} | {fmt(r, 'equal')} | {r['network_pairs']} |\n" for _, r in t.iterrows())
+                          f"{fmt(r, 'earlier')} | {fmt(r, 'equal')} | {r['network_pairs']} |\n"
+                          for _, r in t.iterrows())
 
 
 def depth_matrix(df: pd.DataFrame, bins: int = 8) -> pd.DataFrame:
@@ -148,41 +148,27 @@ def depth_matrix(df: pd.DataFrame, bins: int = 8) -> pd.DataFrame:
     return m
 
 
-def _matrix(ax, m: pd.DataFrame, title: str, text: bool, xlabel: str, ylabel: str):
-    vals = m.to_numpy(float)
-    im = ax.imshow(vals, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(m.shape[1]), m.columns, rotation=60, ha="right", fontsize=6)
-    ax.set_yticks(range(m.shape[0]), m.index, fontsize=6)
-    ax.set_xlabel(xlabel, fontsize=7)
-    ax.set_ylabel(ylabel, fontsize=7)
-    ax.set_title(title, fontsize=8)
-    if text:
-        for (i, j), v in np.ndenumerate(vals):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5, color="white" if v < 0.5 else "black")
-    return im
-
-
-def _save(fig, path: str | Path) -> None:
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    _plt().close(fig)
-
-
 def triangle_figure(df: pd.DataFrame, method: str, path: str | Path, bins: int = 8) -> None:
     """Paper 3's triangle: per condition, accuracy binned by sender × receiver proportional depth."""
-    plt = _plt()
+    plt = plotting.pyplot()
     conds = list(dict.fromkeys(df["condition"]))
     fig, axes = plt.subplots(1, len(conds), figsize=(1.0 + 3.6 * len(conds), 4.2), squeeze=False,
                              constrained_layout=True)
     for ax, c in zip(axes[0], conds):
         sub = df[df["condition"] == c]
-        im = _matrix(ax, depth_matrix(sub, bins), f"{c} ({sub[['source', 'target']].drop_duplicates().shape[0]} "
-                     "pairs)", True, "receiver depth (block input)", "sender depth (block output)")
+        title = f"{c} ({sub[['source', 'target']].drop_duplicates().shape[0]} pairs)"
+        im = _matrix(ax, depth_matrix(sub, bins), title, True, "receiver depth (block input)",
+                     "sender depth (block output)")
     fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, label="test accuracy")
     fig.suptitle(f"{method.upper()} stitching accuracy by proportional depth (below the diagonal: sender later)",
                  fontsize=9)
-    _save(fig, path)
+    plotting.save(fig, path, dpi=100)
+
+
+def _matrix(ax, m: pd.DataFrame, title: str, text: bool, xlabel: str, ylabel: str):
+    """Accuracies on a fixed 0–1 scale (every panel comparable)."""
+    return plotting.matrix(ax, m, title, vmin=0.0, vmax=1.0, text=text, fontsize=6, xlabel=xlabel, ylabel=ylabel,
+                           tick_rotation=60)
 
 
 def pair_matrix(df: pd.DataFrame) -> pd.DataFrame:
@@ -195,7 +181,7 @@ def pair_matrix(df: pd.DataFrame) -> pd.DataFrame:
 
 def pairs_figure(df: pd.DataFrame, title: str, path: str | Path) -> None:
     """Every network pair's matrix: sender networks on rows, receiver networks on columns."""
-    plt = _plt()
+    plt = plotting.pyplot()
     src, tgt = list(dict.fromkeys(df["source"])), list(dict.fromkeys(df["target"]))
     fig, axes = plt.subplots(len(src), len(tgt), figsize=(1.2 + 2.8 * len(tgt), 0.8 + 2.8 * len(src)), squeeze=False,
                              constrained_layout=True)
@@ -208,7 +194,7 @@ def pairs_figure(df: pd.DataFrame, title: str, path: str | Path) -> None:
             axes[i, j].axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, label="test accuracy")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    plotting.save(fig, path, dpi=100)
 
 
 def report(jobs: list[tuple[str, str, str, str]], csvs: dict[str, list[str]], specs: dict[str, dict],

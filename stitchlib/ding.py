@@ -33,91 +33,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 import torch
 
-from stitchlib import io
+from stitchlib import catalog, io, pipeline
 from stitchlib import similarity as sim
-from stitchlib.stitching import AffineStitch, LeastSquares, evaluate, fit_dm, rows
+from stitchlib.stitching import AffineStitch, LowRank, evaluate, fit_dm, pooled
+from stitchlib.train import pick_device
 
 log = logging.getLogger(__name__)
 
-DM_MEASURES = ("dm_func", "dm_struct")
-LABELS = {"lcka": "LCKA", "lcka_debiased": "LCKA (debiased)", "pwcca": "PWCCA", "mean_cca": "mean CCA",
-          "svcca": "SVCCA", "opd": "OPD", "dm_func": "DM (func.)", "dm_struct": "DM (struct.)"}
-
 
 # ----------------------------------------------------------------------------- representations
-
-def _channels_last(h: np.ndarray, layout: str) -> np.ndarray:
-    return np.moveaxis(h, 1, -1) if layout == "conv" else h
-
-
-def pooled(h: np.ndarray, layout: str) -> np.ndarray:
-    """Probe features: the global average over positions (conv, (N, C, H, W) → (N, C)) or the CLS token
-    (tokens, (N, T, D) → (N, D)), in float64."""
-    h = np.asarray(h, np.float64)
-    if layout == "conv":
-        return h.mean(axis=(2, 3))
-    if layout == "tokens":
-        return h[:, 0]
-    raise ValueError(f"unknown layout {layout!r}")
-
-
-class LowRank:
-    """Principal directions of a layer's rows (samples × positions or tokens, C columns), for low-rank
-    approximations ĥ = μ + (h − μ) V_r V_rᵀ that keep the layer's shape.
-
-    ``fit`` streams chunks and accumulates n, Σx and XᵀX in float64 (the covariance's eigenvectors are the
-    right singular vectors of the centred rows, sorted by decreasing variance).
-    """
-
-    def __init__(self, mean: np.ndarray, basis: np.ndarray, variances: np.ndarray):
-        self.mean, self.basis, self.variances = mean, basis, variances
-
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
-    @staticmethod
-    def add(acc: LeastSquares | None, h: np.ndarray, layout: str) -> LeastSquares:
-        """Accumulate a chunk of activations' rows (the least-squares accumulator with no targets: n, Σx, XᵀX)."""
-        r = rows(np.asarray(h), layout)
-        acc = acc or LeastSquares(r.shape[1], 0)
-        acc.update(r, np.zeros((len(r), 0)))
-        return acc
-
-    @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> "LowRank":
-        acc = None
-        for h in chunks:
-            acc = cls.add(acc, h, layout)
-        return cls.of(acc)
-
-    @classmethod
-    def of(cls, acc: LeastSquares | None) -> "LowRank":
-        """The principal directions of the rows accumulated by :meth:`add`."""
-        if acc is None or acc.n < 2:
-            raise ValueError("low-rank approximation needs at least two rows")
-        mean = acc.sx / acc.n
-        evals, evecs = np.linalg.eigh(acc.xx - acc.n * np.outer(mean, mean))
-        order = np.argsort(evals)[::-1]
-        return cls(mean, evecs[:, order], np.clip(evals[order], 0, None) / (acc.n - 1))
-
-    def apply(self, h: np.ndarray, rank: int, layout: str) -> np.ndarray:
-        """The rank-``rank`` approximation of ``h`` (same shape, float64); features last for 'pool'ed input."""
-        if not 1 <= rank <= self.channels:
-            raise ValueError(f"rank {rank} is outside 1..{self.channels} (the layer's channels)")
-        h = np.asarray(h, np.float64)
-        x = h if layout == "pool" else _channels_last(h, layout)
-        v = self.basis[:, :rank]
-        out = self.mean + ((x - self.mean) @ v) @ v.T
-        return out if layout == "pool" else np.ascontiguousarray(np.moveaxis(out, -1, 1) if layout == "conv" else out)
-
 
 def rank_grid(channels: int, ranks: int | list[int], where: str = "ding.sensitivity.ranks") -> list[int]:
     """Ranks from full (``channels``) down to 1: ``ranks`` = how many, spaced geometrically (full and 1
@@ -187,7 +120,7 @@ def rank_correlations(functional: Iterable[float], dissimilarity: Iterable[float
 
 def dissimilarity(measure: str, value: float) -> float:
     """An index value as a dissimilarity: 1 − similarity for similarity indices, distances as they are."""
-    return 1.0 - value if sim.MEASURES[measure].higher_is_similar else value
+    return 1.0 - value if catalog.MEASURES[measure].higher_is_similar else value
 
 
 def _reference(df: pd.DataFrame) -> pd.DataFrame:
@@ -220,7 +153,7 @@ class _Comparer:
         out = {}
         for m in self.measures:
             reshape = self.settings["reshape"][m]
-            key = (reshape, sim.MEASURES[m].needs_loadings)
+            key = (reshape, catalog.MEASURES[m].needs_loadings)
             if key not in out:
                 out[key] = sim.layer_stats(h, name=name, reshape=reshape, layout=self.layout,
                                            loadings=True if key[1] else None)
@@ -231,7 +164,7 @@ class _Comparer:
         opts = {"regularization": self.settings["regularization"], "svcca_variance": self.settings["svcca_variance"],
                 "pwcca_count": "neurons"}
         for m in self.measures:
-            key = (self.settings["reshape"][m], sim.MEASURES[m].needs_loadings)
+            key = (self.settings["reshape"][m], catalog.MEASURES[m].needs_loadings)
             try:
                 value = sim.pairwise([self._a[key]], [b[key]], [m], **opts)[m][0, 0]
             except ValueError as e:
@@ -243,7 +176,7 @@ class _Comparer:
         r = evaluate(stitch.to(next(self.receiver.parameters()).device), self.receiver, self.layer_index,
                      torch.as_tensor(src_test, dtype=torch.float32), self.tgt_test, self.labels)
         row.update(dm_accuracy=r["accuracy"], d_dm_func=1.0 - r["accuracy"] / self.receiver_accuracy,
-                   d_dm_struct=r["struct"])
+                   d_dm_struct_stitched=r["struct"])
         return row
 
 
@@ -334,7 +267,7 @@ def correlations(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for key, g in df.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         for m in _measure_columns(df):
-            out.append({**dict(zip(by, key)), "measure": LABELS.get(m, m),
+            out.append({**dict(zip(by, key)), "measure": catalog.MEASURES[m].label,
                         **rank_correlations(g["functional_distance"], g[f"d_{m}"])})
     return pd.DataFrame(out)
 
@@ -390,9 +323,6 @@ def table3(specificity: pd.DataFrame, alpha: float) -> pd.DataFrame:
 def probes_stage(spec: dict[str, Any], inputs: dict[str, str], settings: dict[str, Any], out_csv: str,
                  device: str = "auto") -> None:
     """Probe accuracy of every stitch point of one network (the specificity test's F)."""
-    from stitchlib import pipeline
-    from stitchlib.train import pick_device
-
     pipeline.check_activations(spec, inputs["train"], inputs["test"])
     layouts = {layer: io.layer_layout(inputs["train"], layer) for layer in spec["layers"]}
     df = probe_rows(spec["layers"], layouts, inputs["train"], inputs["test"], settings, pick_device(device))
@@ -403,8 +333,6 @@ def _fit_rows(spec: dict[str, Any], inputs: dict[str, str], layers: list[str], d
               fronts: dict[str, Any] | None, dev) -> dict[str, np.ndarray]:
     """A network's activations of the K DM training images at ``layers``: from the cache, or recomputed
     (``fronts``: the dm consumer's policy)."""
-    from stitchlib import pipeline
-
     fronts = fronts or pipeline.FRONTS_DEFAULT
     src = pipeline.train_fronts(spec, fronts["policy"], inputs, dev, chunk=fronts["chunk"], buffer=fronts["buffer"])
     return src.rows(layers, pipeline.dm_sample_index(src.n, dm["samples"], dm["seed"]))
@@ -414,9 +342,6 @@ def sensitivity_stage(spec: dict[str, Any], layers: list[str], inputs: dict[str,
                       dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto",
                       fronts: dict[str, Any] | None = None) -> None:
     """The low-rank families of ``layers`` of one network, every rank compared with the best-probed one."""
-    from stitchlib import pipeline
-    from stitchlib.train import pick_device
-
     dev = pick_device(device)
     pipeline.check_activations(spec, inputs["train"], inputs["test"])
     net = pipeline.load_network(spec, inputs["ckpt"], dev)
@@ -436,11 +361,6 @@ def specificity_stage(specs: dict[str, dict[str, Any]], inputs: dict[str, str], 
                       fronts: dict[str, Any] | None = None) -> None:
     """Every layer of every network of one architecture against the best-probed one. ``inputs`` holds, per
     network, ``{net}/probes``, ``{net}/train``, ``{net}/test`` and ``{net}/ckpt``."""
-    from functools import lru_cache
-
-    from stitchlib import pipeline
-    from stitchlib.train import pick_device
-
     dev = pick_device(device)
     probes = pd.concat([pd.read_csv(inputs[f"{net}/probes"]) for net in specs], ignore_index=True)
     files = {net: {k: inputs[f"{net}/{k}"] for k in ("train", "test", "ckpt")} for net in specs}

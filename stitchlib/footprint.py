@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from stitchlib import catalog
@@ -82,7 +83,8 @@ def _net(cfg: dict[str, Any], arch: str, dataset: str) -> Net | None:
     p = catalog.architecture_params(a["family"], a["params"])
     test = cfg["cache"]["test"]["samples"]
     native = facts.image_size
-    image = 0 if not facts.in_memory else 3 * native * native if dataset in ("cifar10", "svhn") else 3 * size * size * F32
+    image = 0 if not facts.in_memory else 3 * native * native if dataset in ("cifar10", "svhn") \
+        else 3 * size * size * F32  # uint8 pixels (data.Images) or float32 (the digits)
     return Net(arch, dataset, a["family"], {n: every[n] for n in sconf.layers(cfg, arch)}, every,
                catalog.param_count(a["family"], a["params"], facts.num_classes, size), facts.num_classes, size,
                facts.train_size, facts.test_size if test == "all" else min(test, facts.test_size), image,
@@ -207,7 +209,8 @@ def _detector_net(cfg, net: Net, layer: str) -> tuple[int, int]:
     t, dim = shape
     h = size["hidden_dim"]
     params = (dim * h + h if dim != h else 0) + catalog.vit_encoder_param_count(t, h, size["depth"], size["mlp_dim"])
-    return params + h * net.classes, size["depth"] * F32 * (10 * t * h + 2 * t * size["mlp_dim"] + 2 * size["heads"] * t * t)
+    act = size["depth"] * F32 * (10 * t * h + 2 * t * size["mlp_dim"] + 2 * size["heads"] * t * t)
+    return params + h * net.classes, act
 
 
 def _detector(cfg, net: Net, layer: str, policy: str) -> tuple[int, int]:
@@ -245,7 +248,7 @@ def _stats(n: int, p: int) -> int:
     return 3 * m * m * F64 + n * m * F64
 
 
-def _indices(cfg, nets: list[Net]) -> tuple[int, int]:
+def _indices(cfg, *nets: Net) -> tuple[int, int]:
     s = cfg["similarity"]
     reshapes = {s["reshape"][m] for m in s["measures"]}
     n0 = nets[0].n_test if s["samples"] == "all" else min(s["samples"], nets[0].n_test)
@@ -279,7 +282,7 @@ def _sensitivity(cfg, net: Net, layers: list[str]) -> tuple[int, int]:
     return mem, len(layers) * (ranks if isinstance(ranks, int) else len(ranks)) * 400
 
 
-def _specificity(cfg, nets: list[Net]) -> tuple[int, int]:
+def _specificity(cfg, *nets: Net) -> tuple[int, int]:
     net = nets[0]
     k = cfg["dm"]["samples"] if cfg["dm"]["samples"] != "all" else net.n_train
     big = max(net.layers, key=net.numel)
@@ -293,7 +296,8 @@ def _frankenstein(cfg, src: Net, tgt: Net, experiment: str, settings, policy) ->
         if experiment == "lowrank" else [settings[experiment]["layer"]]
     big = max(layers, key=tgt.numel)
     row, buffer, rec = tgt.numel(big) * F32, cfg["cache"]["buffer"], policy == "recompute"
-    mem = BASE + _cuda(cfg) + tgt.params * F32 * (1 + 2 * rec) + _images(src, rec) + src.n_train * (8 + tgt.classes * F32)
+    mem = BASE + _cuda(cfg) + tgt.params * F32 * (1 + 2 * rec) + _images(src, rec)
+    mem += src.n_train * (8 + tgt.classes * F32)
     mem += 2 * src.n_test * row * 3  # one layer's test activations of both networks, and a stitched float64 copy
     mem += 0 if rec else 2 * 2 * min(buffer, src.n_train) * row
     dm = settings["dm"]
@@ -313,77 +317,87 @@ def _frankenstein(cfg, src: Net, tgt: Net, experiment: str, settings, policy) ->
 # ----------------------------------------------------------------------------- every rule
 
 
+def _train(cfg, n: Net) -> tuple[int, int]:
+    mem = BASE + _cuda(cfg) + n.params * F32 * 4 + (n.n_train + n.n_test) * n.image
+    return mem + cfg["train"]["batch_size"] * n.activations() * _cpu(cfg), n.params * F32 + 5000
+
+
+def _extract_net(cfg, n: Net, fronts: bool) -> tuple[int, int]:
+    return _extract(cfg, n, {"train": n.n_train, "test": n.n_test}, True, fronts)
+
+
+def _outliers(cfg, n: Net) -> tuple[int, int]:
+    o = cfg["ood"]["outliers"]
+    return _extract(cfg, n, {"outliers": o["n"], "heldout": o["heldout"]}, False, True, 3 * n.size ** 2 * F32)
+
+
+def _stitch_job(cfg, a: Net, b: Net, method: str, policy: str) -> tuple[int, int]:
+    return (_dm if method == "dm" else _tlm)(cfg, a, b, list(a.layers), list(b.layers), cfg[method], policy)
+
+
+def _cross_pair(cfg, a: Net, b: Net, policy: str) -> tuple[int, int]:
+    senders, receivers = _cross_layers(cfg)
+    stitch = cfg["cross"]["stitch"]
+    return _max(_dm(cfg, a, b, senders(a), receivers(b), sconf.cross_dm_settings(cfg), policy, stitch),
+                _tlm(cfg, a, b, senders(a), receivers(b), sconf.cross_tlm_settings(cfg), policy, stitch))
+
+
+def _add(rules: dict[str, Rule], cfg, dataset: str, nets: dict, name: str, names: list[str], fn, *args) -> None:
+    """One job of rule ``name`` on networks ``names``, estimated by ``fn(cfg, *nets, *args)``."""
+    for x in names:
+        arch = sconf.parse_network(x)[0]
+        if arch not in nets:
+            nets[arch] = _net(cfg, arch, dataset)
+    found = [nets[sconf.parse_network(x)[0]] for x in names]
+    r = rules.setdefault(name, Rule())
+    if any(x is None for x in found):
+        r.jobs, r.unknown = r.jobs + 1, r.unknown + 1
+    else:
+        r.add(*fn(cfg, *found, *args))
+
+
 def estimate(cfg: dict[str, Any]) -> dict[str, Rule]:
     """Per rule of the workflow that ``cfg`` (validated) runs: jobs, peak memory, bytes written."""
     rules: dict[str, Rule] = {}
-    rule = lambda name: rules.setdefault(name, Rule())  # noqa: E731
     policy = {c: sconf.front_policy(cfg, c) for c in sconf.CONSUMERS}
-    methods = cfg["stitching"]["methods"]
+    methods, o = cfg["stitching"]["methods"], cfg["ood"]
     pairs = list(dict.fromkeys(p for s in cfg["stitching"]["settings"] for p in sconf.network_pairs(cfg, s)))
+    cross, frank = sconf.cross_pairs(cfg), sconf.frankenstein_runs(cfg)
+    f = sconf.frankenstein_settings(cfg) if frank else None
+    every = list(dict.fromkeys([*sconf.networks(cfg), *(x for _, _, s, t in cross for x in (s, t)),
+                                *(x for _, s, t in frank for x in (s, t))]))
+    randoms = sorted({x for _, cond, s, t in cross for x, state in zip((s, t), sconf.CONTROLS[cond])
+                      if state == "random"})
     for ds in cfg["datasets"]:
-        nets: dict[str, Net | None] = {}
-
-        def net(name: str) -> Net | None:
-            arch = sconf.parse_network(name)[0]
-            if arch not in nets:
-                nets[arch] = _net(cfg, arch, ds)
-            return nets[arch]
-
-        def add(name: str, names: list[str], fn, *args) -> None:
-            found = [net(x) for x in names]
-            if any(x is None for x in found):
-                rule(name).jobs += 1
-                rule(name).unknown += 1
-            else:
-                rule(name).add(*fn(cfg, *found, *args))
-
-        cross = sconf.cross_pairs(cfg)
-        frank = sconf.frankenstein_runs(cfg)
-        every = list(dict.fromkeys([*sconf.networks(cfg), *(x for _, _, s, t in cross for x in (s, t)),
-                                    *(x for _, s, t in frank for x in (s, t))]))
+        add = partial(_add, rules, cfg, ds, {})
         for name in every:
-            arch = sconf.parse_network(name)[0]
-            add("train", [name], lambda c, n: (BASE + _cuda(c) + n.params * F32 * 4 + (n.n_train + n.n_test) * n.image
-                                               + c["train"]["batch_size"] * n.activations() * _cpu(c),
-                                               n.params * F32 + 5000))
-            add("extract", [name], lambda c, n: _extract(c, n, {"train": n.n_train, "test": n.n_test}, True,
-                                                         sconf.caches_train_fronts(c, arch)))
-        randoms = {x for _, cond, s, t in cross for x, state in zip((s, t), sconf.CONTROLS[cond]) if state == "random"}
-        for name in sorted(randoms):
-            add("cross_init", [name], lambda c, n: _extract(c, n, {"train": n.n_train, "test": n.n_test}, True, True))
-        o = cfg["ood"]
+            add("train", [name], _train)
+            add("extract", [name], _extract_net, sconf.caches_train_fronts(cfg, sconf.parse_network(name)[0]))
+        for name in randoms:
+            add("cross_init", [name], _extract_net, True)
         for name in sconf.networks(cfg):
+            arch = sconf.parse_network(name)[0]
             if o["enabled"]:
                 if policy["detector"] == "cache":
-                    add("outliers", [name], lambda c, n: _extract(c, n, {"outliers": o["outliers"]["n"],
-                                                                         "heldout": o["outliers"]["heldout"]}, False, True,
-                                                                  3 * n.size ** 2 * F32))
-                for layer in sconf.layers(cfg, sconf.parse_network(name)[0]):
+                    add("outliers", [name], _outliers)
+                for layer in sconf.layers(cfg, arch):
                     add("detector", [name], _detector, layer, policy["detector"])
             if cfg["ding"]["enabled"]:
                 add("probes", [name], _probes)
-                add("sensitivity", [name], _sensitivity, sconf.sensitivity_layers(cfg, sconf.parse_network(name)[0]))
+                add("sensitivity", [name], _sensitivity, sconf.sensitivity_layers(cfg, arch))
         for s, t in pairs:
             for m in methods:
-                fn = _dm if m == "dm" else _tlm
-                add(m, [s, t], lambda c, a, b, fn=fn, m=m: fn(c, a, b, list(a.layers), list(b.layers), c[m], policy[m]))
+                add(m, [s, t], _stitch_job, m, policy[m])
             if o["enabled"]:
                 add("ood_scores", [s, t], _ood_scores, len(methods))
-        archs = sconf.matrix_architectures(cfg)
-        for arch in archs:
+        for arch in sconf.matrix_architectures(cfg):
             names = [sconf.network_id(arch, seed) for seed in cfg["seeds"]]
             if cfg["similarity"]["measures"]:
-                add("indices", names, lambda c, *n: _indices(c, list(n)))
+                add("indices", names, _indices)
             if cfg["ding"]["enabled"]:
-                add("specificity", names, lambda c, *n: _specificity(c, list(n)))
-        if cross:
-            from_, to = _cross_layers(cfg)
-            dm, tlm = sconf.cross_dm_settings(cfg), sconf.cross_tlm_settings(cfg)
-            for _, _, s, t in cross:
-                add("cross_pair", [s, t], lambda c, a, b: _max(
-                    _dm(c, a, b, from_(a), to(b), dm, policy["cross"], c["cross"]["stitch"]),
-                    _tlm(c, a, b, from_(a), to(b), tlm, policy["cross"], c["cross"]["stitch"])))
-        f = sconf.frankenstein_settings(cfg) if frank else None
+                add("specificity", names, _specificity)
+        for _, _, s, t in cross:
+            add("cross_pair", [s, t], _cross_pair, policy["cross"])
         for experiment, s, t in frank:
             name = {"inits": "frankenstein_inits", "sparsity": "frankenstein_sparsity"}.get(experiment,
                                                                                           "frankenstein_run")
@@ -392,10 +406,10 @@ def estimate(cfg: dict[str, Any]) -> dict[str, Rule]:
                          ("ding_tables", cfg["ding"]["enabled"]), ("cross_report", bool(cross)),
                          ("frankenstein_figures", bool(frank))):
             if on:
-                rule(name).add(LIGHT + 200 * MB, 5 * MB)
+                rules.setdefault(name, Rule()).add(LIGHT + 200 * MB, 5 * MB)
     if cfg["datasets"]:
-        rule("heatmaps").add(LIGHT + 200 * MB, 20 * MB)
-        rule("report").add(LIGHT + 200 * MB, 50 * MB)
+        rules.setdefault("heatmaps", Rule()).add(LIGHT + 200 * MB, 20 * MB)
+        rules.setdefault("report", Rule()).add(LIGHT + 200 * MB, 50 * MB)
     return rules
 
 
@@ -447,7 +461,8 @@ def _size(b: float) -> str:
     return f"{b:.0f} B"
 
 
-def report(cfg: dict[str, Any], requested: dict[str, int] | None = None, limit_gb: float | None = None) -> tuple[str, list[str]]:
+def report(cfg: dict[str, Any], requested: dict[str, int] | None = None,
+           limit_gb: float | None = None) -> tuple[str, list[str]]:
     """The plan as text, and the rules whose estimate exceeds what is requested for them (``requested``: rule →
     mem_mb, e.g. a SLURM profile's set-resources; default the rules' own requests) or ``limit_gb``."""
     rules, own = estimate(cfg), resources(cfg)

@@ -4,8 +4,8 @@ representations", the Frankenstein learning task), on cached or recomputed activ
 Every experiment stitches layer L of Model 1 into the same layer L of Model 2 (same architecture, two
 seeds; the CKA-penalty study stitches a network into itself) and scores the stitched network on the test
 split relative to Model 2 (relative accuracy = stitched / Model 2 accuracy). Model 1's frozen front half comes
-from its activation cache or is recomputed from the images (``cache.consumers.frankenstein``). One function per experiment, each writing a
-long CSV that ``figures`` turns into the paper's figure:
+from its activation cache or is recomputed from the images (``cache.consumers.frankenstein``). One function per
+experiment, each writing a long CSV that ``figures`` turns into the paper's figure:
 
 ====================  =====================================================================================
 ``layer_matching``    Fig. 2 / Fig. 3: per layer, least squares (LS), Procrustes and TLM from the LS init
@@ -23,19 +23,28 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from itertools import combinations
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from stitchlib import io, tasks
-from stitchlib.progress import Progress
+from stitchlib import io, plotting, tasks
 from stitchlib import similarity as sim
-from stitchlib.pipeline import (FRONTS_DEFAULT, _layer_shapes, _new_stitch, _pair_fronts, _stitched,
-                                check_activations, dm_sample_index, load_network)
-from stitchlib.stitching import (AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm)
+from stitchlib.pipeline import (
+    FRONTS_DEFAULT,
+    check_activations,
+    dm_sample_index,
+    layer_shapes,
+    load_network,
+    new_stitch,
+    pair_fronts,
+    stitched,
+)
+from stitchlib.progress import Progress
+from stitchlib.stitching import AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm
 from stitchlib.train import pick_device
 
 log = logging.getLogger(__name__)
@@ -55,8 +64,8 @@ class Pair:
         check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
         self.src_spec, self.tgt_spec, self.layers, self.inputs = src_spec, tgt_spec, list(layers), inputs
         self.receiver = load_network(tgt_spec, inputs["tgt_ckpt"], self.dev)
-        self.src_shapes, self.tgt_shapes = _layer_shapes(inputs["src_test"]), _layer_shapes(inputs["tgt_test"])
-        self.src_fronts, self.tgt_fronts = _pair_fronts(src_spec, tgt_spec, inputs, self.fronts, self.dev,
+        self.src_shapes, self.tgt_shapes = layer_shapes(inputs["src_test"]), layer_shapes(inputs["tgt_test"])
+        self.src_fronts, self.tgt_fronts = pair_fronts(src_spec, tgt_spec, inputs, self.fronts, self.dev,
                                                         augment, seed)
         self.augment, self.labels, self.logits, self._test = augment, {}, {}, {}
         for split in ("train", "test"):
@@ -73,7 +82,7 @@ class Pair:
         return self._test[layer]
 
     def new_stitch(self, layer: str) -> AffineStitch:
-        return _new_stitch(self.src_shapes, self.tgt_shapes, layer, layer).to(self.dev)
+        return new_stitch(self.src_shapes, self.tgt_shapes, layer, layer).to(self.dev)
 
     def dm(self, layer: str, method: str = "ls", samples: int | str = "all", seed: int = 0, rcond: float = 1e-6,
            **kw: Any) -> AffineStitch:
@@ -121,7 +130,7 @@ class Pair:
         the same for every invertible stitch of one source (an affine map of the regressors changes no fit),
         so it could not move while a stitch trains."""
         src, tgt = self.test(layer)
-        s, t = _stitched(stitch, src).double(), tgt.double()
+        s, t = stitched(stitch, src).double(), tgt.double()
         layout = self.tgt_shapes[layer][1]
         return {"cka": sim.lcka(s, t), "r2_lr": sim.r2_lr(rows(t, layout), rows(s, layout))}
 
@@ -148,7 +157,8 @@ def layer_matching(pair: Pair, settings: dict[str, Any]) -> pd.DataFrame:
         pair.tlm({0: ls}, layer, tlm, seed=tlm["seed"])
         out.append(_row(pair, layer, method="tlm", **pair.score(ls, layer), **pair.indices(ls, layer)))
         log.info(meter.line(f"{layer}: LS {out[-3]['relative_accuracy']:.3f}, Procrustes "
-                            f"{out[-2]['relative_accuracy']:.3f}, TLM {out[-1]['relative_accuracy']:.3f} relative accuracy"))
+                            f"{out[-2]['relative_accuracy']:.3f}, TLM {out[-1]['relative_accuracy']:.3f} "
+                            "relative accuracy"))
     return pd.DataFrame(out)
 
 
@@ -207,7 +217,8 @@ def initialisations(pair: Pair, settings: dict[str, Any]) -> tuple[pd.DataFrame,
             log.info(meter.line(f"{kind} init {run}: relative accuracy {rows_[-1]['relative_accuracy']:.3f}"))
     inits = pd.DataFrame(rows_)
     m = settings["mode_connectivity"]
-    good = [r.run for r in inits.itertuples() if r.init == "random" and r.relative_accuracy >= m["min_relative_accuracy"]]
+    good = [r.run for r in inits.itertuples()
+            if r.init == "random" and r.relative_accuracy >= m["min_relative_accuracy"]]
     mode = []
     for a, b in combinations(good, 2):
         s1, s2 = stitches["random", a], stitches["random", b]
@@ -318,20 +329,6 @@ def _read(paths: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _band(ax, x, g: pd.DataFrame, col: str, label: str, **style) -> None:
-    """Mean over runs with a ±1 std band (paper 2's figures)."""
-    stats = g.groupby(x)[col].agg(["mean", "std"]).fillna(0.0)
-    line, = ax.plot(stats.index, stats["mean"], label=label, **style)
-    ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2,
-                    color=line.get_color())
-
-
-def _save(fig, path: str) -> None:
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-
-
 def _fig_layers(df: pd.DataFrame, archs: list[str], path: str, plt) -> None:
     fig, axes = plt.subplots(1, len(archs), figsize=(5.2 * len(archs), 3.8), squeeze=False)
     for ax, arch in zip(axes[0], archs):
@@ -339,7 +336,7 @@ def _fig_layers(df: pd.DataFrame, archs: list[str], path: str, plt) -> None:
         names = g.drop_duplicates("layer_index").sort_values("layer_index").layer.tolist()
         for method, label, style in (("ls", "least squares", "-o"), ("procrustes", "Procrustes", ":s"),
                                      ("tlm", "task loss", "-^")):
-            _band(ax, "layer_index", g[g.method == method], "relative_accuracy", label, marker=style[-1],
+            plotting.band(ax, "layer_index", g[g.method == method], "relative_accuracy", label, marker=style[-1],
                   linestyle=style[:-1], markersize=4)
         ax2 = ax.twinx()
         for method, style in (("ls", "--"), ("tlm", "-.")):
@@ -352,7 +349,7 @@ def _fig_layers(df: pd.DataFrame, archs: list[str], path: str, plt) -> None:
         ax.set_title(f"{arch}: mean ± std over {len(pairs)} network pairs", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Fig. 2: least squares vs task loss matching, layer L → layer L", fontsize=10)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def _fig_width(df: pd.DataFrame, widths: dict[str, float], path: str, plt) -> None:
@@ -363,8 +360,9 @@ def _fig_width(df: pd.DataFrame, widths: dict[str, float], path: str, plt) -> No
     fig, axes = plt.subplots(rows_, cols, figsize=(2.6 * cols, 2.3 * rows_), squeeze=False, sharey=True)
     for ax, name in zip(axes.flat, names):
         g = df[df.layer == name]
-        _band(ax, "width", g[g.method == "tlm"], "relative_accuracy", "task loss", marker="^")
-        _band(ax, "width", g[g.method == "ls"], "relative_accuracy", "least squares", marker="o", linestyle="--")
+        plotting.band(ax, "width", g[g.method == "tlm"], "relative_accuracy", "task loss", marker="^")
+        plotting.band(ax, "width", g[g.method == "ls"], "relative_accuracy", "least squares", marker="o",
+                      linestyle="--")
         ax.set_title(name, fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(widths.values()), [f"×{w:g}" for w in sorted(widths.values())], fontsize=7)
@@ -372,7 +370,7 @@ def _fig_width(df: pd.DataFrame, widths: dict[str, float], path: str, plt) -> No
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.suptitle("Fig. 3: relative accuracy against the width multiplier (TLM from the LS init)", fontsize=10)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def _fig_tracking(df: pd.DataFrame, path: str, plt, title: str, hue: str | None = None) -> None:
@@ -382,7 +380,7 @@ def _fig_tracking(df: pd.DataFrame, path: str, plt, title: str, hue: str | None 
     groups = [(f"{hue} = {k:g}", g) for k, g in df.groupby(hue)] if hue else [("mean ± std", df)]
     for ax, (col, label) in zip(axes, panels):
         for name, g in groups:
-            _band(ax, "step", g, col, name)
+            plotting.band(ax, "step", g, col, name)
         if not hue:  # two single runs, as the paper's dotted and dashed lines
             for (_, run), style in zip(df.groupby(["source", "target"]), (":", "--")):
                 ax.plot(run.step, run[col], style, color="black", linewidth=0.8)
@@ -390,7 +388,7 @@ def _fig_tracking(df: pd.DataFrame, path: str, plt, title: str, hue: str | None 
         ax.set_title(label, fontsize=8)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def _fig_inits(df: pd.DataFrame, path: str, plt) -> None:
@@ -405,7 +403,7 @@ def _fig_inits(df: pd.DataFrame, path: str, plt) -> None:
     ax.set_ylabel("runs")
     ax.legend(fontsize=8)
     ax.set_title(f"Fig. 6: initialisations, {df.architecture.iloc[0]} {df.layer.iloc[0]}", fontsize=9)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def _fig_low_rank(df: pd.DataFrame, path: str, plt) -> None:
@@ -429,7 +427,7 @@ def _fig_low_rank(df: pd.DataFrame, path: str, plt) -> None:
         ax.set_title(f"{g.architecture.iloc[0]} {layer}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle("Fig. 7: low-rank matching", fontsize=10)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def _fig_sparsity(df: pd.DataFrame, mats: dict[str, np.ndarray], path: str, plt) -> None:
@@ -457,13 +455,13 @@ def _fig_sparsity(df: pd.DataFrame, mats: dict[str, np.ndarray], path: str, plt)
     ax.legend(fontsize=7)
     fig.suptitle(f"Fig. 8: sparse matchings, {df.architecture.iloc[0]} {df.layer.iloc[0]} "
                  "(left: |W|, output × input, zeros white)", fontsize=10)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def _fig_mode(df: pd.DataFrame, n_good: int, threshold: float, path: str, plt) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     if len(df):
-        for (a, b), g in df.groupby(["run_1", "run_2"]):
+        for _, g in df.groupby(["run_1", "run_2"]):
             ax.plot(g.lam, g.relative_accuracy, color="C0", alpha=0.5, linewidth=1)
         mean = df.groupby("lam").relative_accuracy.mean()
         ax.plot(mean.index, mean.values, color="black", linewidth=2, label="mean over pairs")
@@ -474,7 +472,7 @@ def _fig_mode(df: pd.DataFrame, n_good: int, threshold: float, path: str, plt) -
     ax.set_xlabel("λ  (λ·M1 + (1 − λ)·M2)")
     ax.set_ylabel("relative accuracy")
     ax.set_title(f"Exp. 6: linear mode connectivity ({n_good} stitches ≥ {threshold:.0%})", fontsize=9)
-    _save(fig, path)
+    plotting.save(fig, path, tight=True)
 
 
 def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.DataFrame:
@@ -544,9 +542,7 @@ def summary(results: dict[str, pd.DataFrame], settings: dict[str, Any]) -> pd.Da
 def figures(inputs: dict[str, list[str]], settings: dict[str, Any], figure_paths: dict[str, str], out_csv: str,
             out_md: str) -> None:
     """Every figure of the study and its summary table, from the experiments' CSVs."""
-    from stitchlib.report import _plt
-
-    plt = _plt()
+    plt = plotting.pyplot()
     results = {k: _read(v) for k, v in inputs.items() if k != "matrices"}
     layers = results["layers"]
     _fig_layers(layers, settings["architectures"], figure_paths["fig2_layers"], plt)
@@ -556,7 +552,8 @@ def figures(inputs: dict[str, list[str]], settings: dict[str, Any], figure_paths
                   f"Fig. 4: TLM from the LS init, {settings['network']} {settings['track']['layer']}")
     c = settings["cka_penalty"]
     _fig_tracking(results["cka_penalty"], figure_paths["fig5_cka_penalty"], plt,
-                  f"Fig. 5: self-stitch {c['architecture']} {c['layer']} from the identity, loss + λ·CKA", hue="penalty")
+                  f"Fig. 5: self-stitch {c['architecture']} {c['layer']} from the identity, loss + λ·CKA",
+                  hue="penalty")
     _fig_inits(results["inits"], figure_paths["fig6_inits"], plt)
     _fig_low_rank(results["lowrank"], figure_paths["fig7_low_rank"], plt)
     with np.load(inputs["matrices"][0]) as z:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
-import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from stitchlib import catalog, models
+from stitchlib import io
+from stitchlib.stitchable import Stitchable
 
 LAYOUTS = {4: "conv", 3: "tokens"}  # activation rank → layout
 
@@ -65,7 +66,14 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
     return obj
 
 
-class HookedNetwork(models.Stitchable):
+def _record(store: dict | list, i: int) -> Callable:
+    """A forward hook that records point i's output: the first one into a dict, every call into a list."""
+    if isinstance(store, list):
+        return lambda module, args, out: store.append((i, out))
+    return lambda module, args, out: store.setdefault(i, out)
+
+
+class HookedNetwork(Stitchable):
     """``model`` cut at the modules ``points`` (module paths), called ``names`` (default: the paths);
     ``input_shape`` = (C, H, W) of one input. The state dict is the model's under the prefix ``model.``.
     """
@@ -73,7 +81,7 @@ class HookedNetwork(models.Stitchable):
     def __init__(self, model: nn.Module, points: list[str], input_shape: tuple[int, ...], name: str = "model",
                  names: list[str] | None = None):
         super().__init__()
-        self.model, self.name, self.points = model, name, list(points)
+        self.model, self.name, self.points, self.kwargs = model, name, list(points), {}
         self.layer_names, self.input_shape = list(names or points), tuple(input_shape)
         for i, p in enumerate(points):
             self._module(i, p)
@@ -81,12 +89,13 @@ class HookedNetwork(models.Stitchable):
 
     @classmethod
     def build(cls, factory: str, kwargs: dict[str, Any], points: list[str], input_shape: tuple[int, ...],
-              num_classes: int | None = None, names: list[str] | None = None) -> "HookedNetwork":
+              num_classes: int | None = None, names: list[str] | None = None) -> HookedNetwork:
         model = resolve_factory(factory)(**kwargs)
         if not isinstance(model, nn.Module):
             raise ValueError(f"params.factory: {factory}(**kwargs) returned a {type(model).__name__}, not a "
                              "torch.nn.Module")
         net = cls(model, points, input_shape, factory, names)
+        net.kwargs = dict(kwargs)
         classes = net.num_outputs
         if num_classes is not None and classes != num_classes:
             raise ValueError(f"params.kwargs: {factory}(**{kwargs}) outputs {classes} logits but the dataset has "
@@ -140,8 +149,7 @@ class HookedNetwork(models.Stitchable):
 
         hooks = {i: replace}
         if seen is not None:
-            hooks.update({j: (lambda j: lambda m, a, out: seen.setdefault(j, out))(j)
-                          for j in range(i + 1, len(self.layer_names))})
+            hooks.update({j: _record(seen, j) for j in range(i + 1, len(self.layer_names))})
         with self._hooks(hooks):
             try:
                 torch.set_grad_enabled(False)
@@ -160,7 +168,7 @@ class HookedNetwork(models.Stitchable):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         outs: dict[int, torch.Tensor] = {}
-        hooks = {i: (lambda i: lambda m, a, out: outs.setdefault(i, out))(i) for i in range(len(self.layer_names))}
+        hooks = {i: _record(outs, i) for i in range(len(self.layer_names))}
         with self._hooks(hooks):
             logits = self.model(x)
         return logits, [outs[i] for i in range(len(self.layer_names))]
@@ -176,7 +184,7 @@ class HookedNetwork(models.Stitchable):
         self.eval()
         try:
             calls: list[tuple[int, Any]] = []
-            hooks = {i: (lambda i: lambda m, a, out: calls.append((i, out)))(i) for i in range(len(self.layer_names))}
+            hooks = {i: _record(calls, i) for i in range(len(self.layer_names))}
             with self._hooks(hooks):
                 logits = self.model(x)
             if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and len(logits) == len(x)):
@@ -219,33 +227,11 @@ def _describe(x: Any) -> str:
     return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
 
 
-def import_network(spec: dict[str, Any], ckpt: str, metrics: str, device: str = "auto") -> None:
-    """The ``train`` job of a network of your own: load the user's state dict (``weights_only=True``) into the
-    configured model, check the stitch points on real images, record its accuracy, and write the checkpoint
-    and metrics JSON the rest of the workflow reads (nothing is trained)."""
-    from stitchlib import data, io, pipeline, tasks
-    from stitchlib.train import accuracy, pick_device
-
-    where = f"architectures.{spec['arch']}.params"
-    path = catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
-    dev, start = pick_device(device), time.time()
-    net = pipeline.build_network(spec)
-    state = io.load_state_dict(path)
+def load_weights(net: HookedNetwork, path: str, where: str) -> None:
+    """Load the state dict at ``path`` (``weights_only=True``) into ``net``'s model; an error names ``where`` (the
+    config key) and says which keys or shapes do not fit."""
     try:
-        net.model.load_state_dict(state)
+        net.model.load_state_dict(io.load_state_dict(path))
     except RuntimeError as e:
-        raise ValueError(f"{where}.state_dict: {path} does not fit {spec['params']['factory']}"
-                         f"(**{spec['params']['kwargs']}): {str(e).strip()[:2000]}") from None
-    net.to(dev).eval()
-    train_ds, test_ds = pipeline.load_split(spec, "train"), pipeline.load_split(spec, "test")
-    try:
-        net.verify(next(data.batches(test_ds, 8))[0])
-    except ValueError as e:
-        raise ValueError(f"architectures.{spec['arch']}.{e} (with the weights of {path})") from None
-    result = {split: accuracy(net, data.batches(ds, 256), dev, tasks.of(ds)) for split, ds in (("train", train_ds),
-                                                                                                ("test", test_ds))}
-    io.save_state_dict(ckpt, {k: v.cpu() for k, v in net.state_dict().items()})
-    io.write_json(metrics, {"train_accuracy": result["train"], "test_accuracy": result["test"], "train_loss": [],
-                            "imported_from": str(path), "imported_sha256": io.sha256(path), "network": spec,
-                            "device": str(dev), "seconds": round(time.time() - start, 2),
-                            "provenance": io.provenance()})
+        raise ValueError(f"{where}.state_dict: {path} does not fit {net.name}(**{net.kwargs}): "
+                         f"{str(e).strip()[:2000]}") from None

@@ -42,12 +42,17 @@ import platform
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
+from stitchlib import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 TMP_SUFFIX = ".tmp"
 
@@ -145,8 +150,6 @@ def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
 def provenance() -> dict[str, str]:
     """Versions and git commit of the code that produced an artifact."""
     import torch
-
-    from stitchlib import __version__
 
     info = {
         "stitchlib": __version__,
@@ -260,7 +263,7 @@ class ActivationWriter:
         """A whole array at dataset path ``name`` (e.g. ``lowrank/<layer>/basis``)."""
         self.f.create_dataset(name, data=a)
 
-    def __enter__(self) -> "ActivationWriter":
+    def __enter__(self) -> ActivationWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -340,7 +343,7 @@ def _finite(a: np.ndarray, path, layer: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- streamed reading
 
-def epoch_order(n: int, chunk: int, buffer: int, generator) -> "torch.Tensor":
+def epoch_order(n: int, chunk: int, buffer: int, generator) -> torch.Tensor:
     """One epoch's order of the samples 0…n−1, a function of (the generator's seed and state, n, chunk, buffer)
     only, so that reading a cache and recomputing from images give the same batches.
 
@@ -375,8 +378,9 @@ class ChunkedLayer:
         if name not in self.f:
             summary = self.f.attrs.get("fronts") == "summary"
             self.f.close()
-            raise KeyError(f"{path}: no {name!r}" + (" (this training split holds only its summary, written when no "
-                                                     "consumer reads cached fronts: see cache.train)" if summary else ""))
+            hint = " (this training split holds only its summary, written when no consumer reads cached fronts: " \
+                "see cache.train)" if summary else ""
+            raise KeyError(f"{path}: no {name!r}{hint}")
         self.d = self.f[name]
         self.n = len(self.d)
         self._chunks: dict[int, np.ndarray] = {}  # insertion order = recency
@@ -407,7 +411,7 @@ class ChunkedLayer:
         self._chunks.clear()
         self.f.close()
 
-    def __enter__(self) -> "ChunkedLayer":
+    def __enter__(self) -> ChunkedLayer:
         return self
 
     def __exit__(self, *exc) -> None:

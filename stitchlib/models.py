@@ -13,78 +13,14 @@ block input is a stitch point; front/back then cut after ``blocks_before(i)`` bl
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stitchlib import catalog
-
-
-class Stitchable(nn.Module):
-    """A network cut into prefix → blocks → head; the block outputs are the stitch points."""
-
-    layer_names: list[str]
-    layout: str  # 'conv' (N, C, H, W) or 'tokens' (N, T, D)
-    blocks: nn.ModuleList
-    stem_point: bool = False  # True: layer_names[0] is the prefix output (the input of block 0)
-
-    def prefix(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def layer_index(self, layer: str | int) -> int:
-        if isinstance(layer, int):
-            if not 0 <= layer < len(self.layer_names):
-                raise IndexError(f"layer index {layer} out of range 0..{len(self.layer_names) - 1}")
-            return layer
-        try:
-            return self.layer_names.index(layer)
-        except ValueError:
-            raise KeyError(f"{type(self).__name__} has no layer {layer!r}; layers: {self.layer_names}") from None
-
-    def blocks_before(self, layer: str | int) -> int:
-        """How many blocks run before the cut at ``layer`` (see ``catalog.blocks_before``)."""
-        return self.layer_index(layer) + (0 if self.stem_point else 1)
-
-    def front(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
-        h = self.prefix(x)
-        for block in self.blocks[: self.blocks_before(layer)]:
-            h = block(h)
-        return h
-
-    def back(self, h: torch.Tensor, layer: str | int) -> torch.Tensor:
-        for block in self.blocks[self.blocks_before(layer):]:
-            h = block(h)
-        return self.head(h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.back(self.front(x, 0), 0)
-
-    def fronts(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
-        """f≤i(x) of every layer i of ``layers``, in one pass that stops after the deepest (= ``front`` of each)."""
-        want = {self.layer_index(layer): layer for layer in layers}
-        h, out, first = self.prefix(x), {}, 0 if self.stem_point else 1
-        if self.stem_point and 0 in want:
-            out[want[0]] = h
-        for b, block in enumerate(self.blocks[:max(self.blocks_before(i) for i in want)]):
-            h = block(h)
-            if b + 1 - first in want:
-                out[want[b + 1 - first]] = h
-        return out
-
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits and every stitch point's activation, in one pass."""
-        h = self.prefix(x)
-        outs = [h] if self.stem_point else []
-        for block in self.blocks:
-            h = block(h)
-            outs.append(h)
-        return self.head(h), outs
-
+from stitchlib import catalog, hooked
+from stitchlib.stitchable import Stitchable
 
 # ----------------------------------------------------------------------------- CIFAR ResNets
 
@@ -267,18 +203,12 @@ def _resnet(num_classes: int, image_size: int, width: int = 64, stage_blocks=(2,
 
 @register("tiny10")
 def _tiny10(num_classes: int, image_size: int, width: int = 16) -> Stitchable:
-    if image_size < 12:
-        raise ValueError(f"Tiny-10 needs images of at least 12 px (its valid 3×3 conv follows two stride-2 convs), "
-                         f"not {image_size}")
     return Tiny10(num_classes, width=width)
 
 
 @register("googlenet")
 def _googlenet(num_classes: int, image_size: int, dropout: float = 0.2, transform_input: bool = False) -> Stitchable:
     """Paper 2's Inception V1 (torchvision GoogLeNet without auxiliary heads); stitch points: inception blocks."""
-    if image_size < catalog.MIN_IMAGE_SIZE["googlenet"]:
-        raise ValueError(f"googlenet needs images of at least {catalog.MIN_IMAGE_SIZE['googlenet']} px, "
-                         f"not {image_size}")
     return GoogLeNet(num_classes, dropout=dropout, transform_input=transform_input)
 
 
@@ -292,14 +222,15 @@ def _custom(num_classes: int, image_size: int, factory: str, kwargs: dict, point
             state_dict: str = "") -> Stitchable:
     """A network of your own, ``factory(**kwargs)`` cut at the modules ``points`` by hooks (stitchlib.hooked).
     Built with the factory's initial weights: the workflow's train job imports ``state_dict`` into it."""
-    from stitchlib import hooked
-
     return hooked.HookedNetwork.build(factory, kwargs, points, (3, image_size, image_size), num_classes, list(names))
 
 
 def build(family: str, *, num_classes: int, image_size: int, **params) -> Stitchable:
     """Build an architecture by registry name; ``params`` are its options (width, depth, …; see catalog)."""
     params = catalog.architecture_params(family, params)
+    least = catalog.FAMILIES[family].min_image_size
+    if image_size < least:
+        raise ValueError(f"{family} needs images of at least {least} px, not {image_size}")
     return ARCHITECTURES[family](num_classes=num_classes, image_size=image_size, **params)
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -7,6 +7,7 @@ job into a call of one of these.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,31 +17,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stitchlib import config as sconf
-from stitchlib import data, io, models, report, tasks
+from stitchlib import catalog, data, hooked, io, models, ood, tasks
+from stitchlib import similarity as sim
 from stitchlib.footprint import INDEX_STATS_BYTES
 from stitchlib.progress import Progress
-from stitchlib.stitching import (AffineStitch, Evaluation, LeastSquares, dm_rows, make_stitch,
-                                 train_tlm)
-from stitchlib.train import pick_device, train_network
+from stitchlib.stitching import AffineStitch, Evaluation, LeastSquares, LowRank, dm_rows, make_stitch, pooled, train_tlm
+from stitchlib.train import accuracy, pick_device, train_network
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- networks
-
-def network_spec(cfg: dict[str, Any], dataset: str, net: str) -> dict[str, Any]:
-    """Everything needed to rebuild network ``net`` (``arch-sSEED``) trained on ``dataset``."""
-    arch, seed = sconf.parse_network(net)
-    a, d = cfg["architectures"][arch], cfg["datasets"][dataset]
-    from stitchlib import catalog
-
-    return {
-        "net": net, "arch": arch, "seed": seed, "family": a["family"], "params": dict(a["params"]),
-        "layers": sconf.layers(cfg, arch), "dataset": dataset, "root": d["root"], "download": d["download"],
-        "image_size": sconf.image_size(cfg, dataset), "num_classes": catalog.dataset(dataset).num_classes,
-    }
-
 
 def build_network(spec: dict[str, Any]) -> models.Stitchable:
     try:
@@ -58,8 +45,6 @@ _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
 def expected_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Per-sample activation shape the network of ``spec`` produces at each configured layer, from one
     forward pass of a blank image through an untrained copy (shapes do not depend on the weights)."""
-    import json
-
     key = json.dumps(spec, sort_keys=True, default=str)
     if key not in _SHAPES:
         net, size = build_network(spec).eval(), spec["image_size"]
@@ -73,7 +58,7 @@ def check_activations(spec: dict[str, Any], *paths: str) -> None:
     """Refuse activation files of ``spec``'s network that are incomplete, foreign, or whose layers do not have
     the shapes the network produces (the error names the file, the layer and both shapes)."""
     for path in paths:
-        io.check_layer_shapes(path, expected_shapes(spec))
+        io.checklayer_shapes(path, expected_shapes(spec))
 
 
 def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -> models.Stitchable:
@@ -95,8 +80,6 @@ def load_split(spec: dict[str, Any], split: str, outliers: dict[str, Any] | None
                          download=spec["download"])
     from torch.utils.data import TensorDataset
 
-    from stitchlib import ood
-
     o, size = outliers, spec["image_size"]
     if split == "outliers" and o["source"] == "npy":
         x = ood.outlier_images_npy(o["path"], o["n"], size, seed=o["seed"])
@@ -108,13 +91,28 @@ def load_split(spec: dict[str, Any], split: str, outliers: dict[str, Any] | None
 
 
 def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: str, device: str = "auto") -> None:
-    """Train one network from its seed; write the state dict and a metrics JSON with provenance."""
+    """Train one network from its seed — or, for a network of your own (family ``custom``), import its state dict
+    (``weights_only=True``), check its stitch points on real images and train nothing —; write the checkpoint the
+    rest of the workflow reads and a metrics JSON (train/test accuracy) with provenance."""
     dev = pick_device(device)
     torch.manual_seed(spec["seed"])
     net = build_network(spec)
+    train_ds, test_ds = load_split(spec, "train"), load_split(spec, "test")
     start = time.time()
-    result = train_network(net, load_split(spec, "train"), load_split(spec, "test"), settings,
-                           seed=spec["seed"], device=dev)
+    if spec["family"] == "custom":
+        where = f"architectures.{spec['arch']}.params"
+        path = catalog.state_dict_file(spec["params"], spec["seed"], spec["dataset"])
+        hooked.load_weights(net, path, where)
+        net.to(dev).eval()
+        try:
+            net.verify(next(data.batches(test_ds, 8))[0])
+        except ValueError as e:
+            raise ValueError(f"architectures.{spec['arch']}.{e} (with the weights of {path})") from None
+        result = {f"{split}_accuracy": accuracy(net, data.batches(ds, 256), dev, tasks.of(ds))
+                  for split, ds in (("train", train_ds), ("test", test_ds))}
+        result.update(train_loss=[], imported_from=str(path), imported_sha256=io.sha256(path))
+    else:
+        result = train_network(net, train_ds, test_ds, settings, seed=spec["seed"], device=dev)
     io.save_state_dict(ckpt, {k: v.cpu() for k, v in net.state_dict().items()})
     io.write_json(metrics, {**result, "network": spec, "train": settings, "device": str(dev),
                             "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
@@ -138,8 +136,6 @@ def extract(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], batch_size
     The training split always gets its summary, what probes and the sensitivity test read: each layer's pooled
     features and principal directions (io's layout). ``fronts=False`` writes only that summary of it: every
     consumer recomputes its fronts. ``test`` (``cache.test``) caches a seeded subset of the test split."""
-    from stitchlib import ding
-
     dev = pick_device(device)
     net = load_network(spec, ckpt, dev)
     keep = [net.layer_index(name) for name in spec["layers"]]
@@ -165,12 +161,12 @@ def extract(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], batch_size
                 extra = {} if subset is None else {"index": subset[b * batch_size:b * batch_size + len(y)]}
                 for name, a in acts.items() if summary else ():
                     stored = a.astype(dtype).astype(np.float32)  # the values a reader of the cache gets
-                    extra[f"pooled/{name}"] = ding.pooled(stored, net.layout)
-                    lowrank[name] = ding.LowRank.add(lowrank.get(name), stored, net.layout)
+                    extra[f"pooled/{name}"] = pooled(stored, net.layout)
+                    lowrank[name] = LowRank.add(lowrank.get(name), stored, net.layout)
                 w.append(y.numpy(), logits.float().cpu().numpy(), acts if fronts or not summary else {},
                          {name: net.layout for name in acts}, **extra)
             for name, acc in lowrank.items():
-                lr = ding.LowRank.of(acc)
+                lr = LowRank.of(acc)
                 for key in ("mean", "basis", "variances"):
                     w.put(f"lowrank/{name}/{key}", getattr(lr, key))
         log.info("%s: wrote %s (%d samples, %d layers%s)", spec["net"], path, n, len(keep),
@@ -277,14 +273,14 @@ def _stitch_key(src_layer: str, tgt_layer: str) -> str:
     return f"{src_layer}->{tgt_layer}"
 
 
-def _layer_shapes(h5: str) -> dict[str, tuple[tuple[int, ...], str]]:
+def layer_shapes(h5: str) -> dict[str, tuple[tuple[int, ...], str]]:
     """Per-sample shape and layout of every layer of an activation file, read once."""
     with io.open_activations(h5) as f:
         return {name: (d.shape[1:], str(d.attrs["layout"])) for name, d in f["layers"].items()}
 
 
-def _new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str, conv_stitch: str = "bilinear") -> AffineStitch:
-    """A stitch sized from two files' :func:`_layer_shapes` (``conv_stitch``: see ``stitching.make_stitch``)."""
+def new_stitch(src: dict, tgt: dict, src_layer: str, tgt_layer: str, conv_stitch: str = "bilinear") -> AffineStitch:
+    """A stitch sized from two files' :func:`layer_shapes` (``conv_stitch``: see ``stitching.make_stitch``)."""
     (s_shape, s_layout), (t_shape, t_layout) = src[src_layer], tgt[tgt_layer]
     return make_stitch(s_shape, t_shape, s_layout, t_layout, conv_stitch)
 
@@ -306,11 +302,11 @@ def fit_dm_pair(src_spec: dict, tgt_spec: dict, src, tgt, shapes: tuple[dict, di
     """DM stitches from every source layer to every target layer, fitted on the same K images (or all of them).
 
     ``src``/``tgt``: fronts sources (:class:`CachedFronts` or :class:`RecomputedFronts`) of the two networks'
-    training splits; ``shapes``: their :func:`_layer_shapes`. The images are read (or recomputed) ``chunk`` at a
+    training splits; ``shapes``: their :func:`layer_shapes`. The images are read (or recomputed) ``chunk`` at a
     time, once for every layer pair: each pair's normal equations are accumulated chunk by chunk, in float64."""
     idx = dm_sample_index(src.n, settings["samples"], settings["seed"])
     pairs = [(sl, tl) for sl in src_spec["layers"] for tl in tgt_spec["layers"]]
-    stitches = {_stitch_key(sl, tl): _new_stitch(*shapes, sl, tl, conv_stitch) for sl, tl in pairs}
+    stitches = {_stitch_key(sl, tl): new_stitch(*shapes, sl, tl, conv_stitch) for sl, tl in pairs}
     acc = {k: LeastSquares(st.weight.shape[1], st.weight.shape[0]) for k, st in stitches.items()}
     for s in range(0, len(idx), chunk):
         h = src.rows(src_spec["layers"], idx[s:s + chunk])
@@ -376,18 +372,18 @@ def _save_stitches(path: str, stitches: dict[str, AffineStitch]) -> None:
 def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str,
                    conv_stitch: str = "bilinear") -> dict[str, AffineStitch]:
     saved = io.load_state_dict(path)
-    out, src_shapes, tgt_shapes = {}, _layer_shapes(src_h5), _layer_shapes(tgt_h5)
+    out, src_shapes, tgt_shapes = {}, layer_shapes(src_h5), layer_shapes(tgt_h5)
     for sl in src_spec["layers"]:
         for tl in tgt_spec["layers"]:
             key = _stitch_key(sl, tl)
             if key not in saved:
                 raise ValueError(f"{path}: no stitch {key!r}; rerun the DM job")
-            out[key] = _new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch).set_affine(saved[key]["weight"],
+            out[key] = new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch).set_affine(saved[key]["weight"],
                                                                                          saved[key]["bias"])
     return out
 
 
-def _pair_fronts(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], fronts: dict[str, Any], dev,
+def pair_fronts(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], fronts: dict[str, Any], dev,
                  augment: str = "none", seed: int = 0):
     """The two networks' training-split fronts for a pair job, from the cache or recomputed (``fronts['policy']``)."""
     return tuple(train_fronts(spec, fronts["policy"], {"train": inputs[f"{side}_train"],
@@ -404,9 +400,9 @@ def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: di
     check_activations(src_spec, inputs["src_train"], inputs["src_test"])
     check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
     start = time.time()
-    src, tgt = _pair_fronts(src_spec, tgt_spec, inputs, fronts, dev)
-    stitches = fit_dm_pair(src_spec, tgt_spec, src, tgt, (_layer_shapes(inputs["src_test"]),
-                                                          _layer_shapes(inputs["tgt_test"])), settings,
+    src, tgt = pair_fronts(src_spec, tgt_spec, inputs, fronts, dev)
+    stitches = fit_dm_pair(src_spec, tgt_spec, src, tgt, (layer_shapes(inputs["src_test"]),
+                                                          layer_shapes(inputs["tgt_test"])), settings,
                            chunk=fronts["chunk"], conv_stitch=conv_stitch)
     log.info("fitted %d DM stitches in %.1f s (fronts: %s)", len(stitches), time.time() - start, fronts["policy"])
     receiver = models.fold_batchnorm(load_network(tgt_spec, inputs["tgt_ckpt"], dev))  # frozen: BN folded
@@ -414,6 +410,30 @@ def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: di
                        fronts["block_mb"])
     _save_stitches(out_pt, stitches)
     io.write_csv(df, out_csv)
+
+
+class _GroupFeed:
+    """What a group of TLM stitches into one layer reads per batch: each source layer's fronts, computed once for the
+    whole group (``prepare``), and with recomputed, augmented images the receiver's own outputs on those images as
+    soft labels (``receiver`` given); otherwise the cached soft labels ``soft``."""
+
+    def __init__(self, fronts, layers: list[str], receiver, soft: torch.Tensor | None):
+        self.fronts, self.layers, self.receiver, self.cached_soft, self.held = fronts, layers, receiver, soft, {}
+
+    def prepare(self, epoch: int, step: int, idx: torch.Tensor) -> None:
+        self.held = self.fronts.batch(self.layers, idx, epoch, step)
+        if self.receiver is not None and self.cached_soft is not None:
+            with torch.no_grad():
+                self.held["soft"] = self.receiver(self.fronts.inputs(idx, epoch, step))
+
+    def source(self, key: str, idx: torch.Tensor) -> torch.Tensor:
+        return self.held[key.split("->")[0]]
+
+    @property
+    def soft(self):
+        if self.cached_soft is None or self.receiver is None:
+            return self.cached_soft
+        return lambda idx: self.held["soft"]
 
 
 def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
@@ -445,18 +465,10 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
         keys = [_stitch_key(sl, tl) for sl in src_spec["layers"]]
         for g in range(0, len(keys), group):
             batch = {k: stitches[k].to(dev) for k in keys[g:g + group]}
-            held: dict[str, torch.Tensor] = {}
-
-            def prepare(epoch: int, step: int, idx: torch.Tensor) -> None:  # one front pass for the whole group
-                held.update(src.batch([k.split("->")[0] for k in batch], idx, epoch, step))
-                if soft is not None and augment != "none":  # soft labels: the receiver's outputs on the same images
-                    with torch.no_grad():
-                        held["soft"] = receiver(src.inputs(idx, epoch, step))
-
-            targets = (lambda idx: held["soft"]) if soft is not None and augment != "none" else soft
-            train_tlm(batch, receiver, receiver.layer_index(tl), lambda k, idx: held[k.split("->")[0]], labels,
-                      settings, seed=settings["seed"], soft_targets=targets, task=tasks.for_dataset(tgt_spec["dataset"]),
-                      chunk=fronts["chunk"], buffer=fronts["buffer"], prepare=prepare)
+            feed = _GroupFeed(src, [k.split("->")[0] for k in batch], receiver if augment != "none" else None, soft)
+            train_tlm(batch, receiver, receiver.layer_index(tl), feed.source, labels, settings, seed=settings["seed"],
+                      soft_targets=feed.soft, task=tasks.for_dataset(tgt_spec["dataset"]), chunk=fronts["chunk"],
+                      buffer=fronts["buffer"], prepare=feed.prepare)
             log.info(meter.line(", ".join(batch), n=len(batch)))
     src.close()
     log.info("trained %d TLM stitches in %.1f s (fronts: %s%s)", len(stitches), time.time() - start,
@@ -488,14 +500,12 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     measures, a constant layer) is recorded as NaN with the reason logged — never a silent 1. Any other
     problem (an incomplete file, a layer of the wrong shape, non-finite activations) fails the job.
     """
-    from stitchlib import similarity as sim
-
     for net, path in test_h5.items():
         check_activations(specs[net], path)
     n = None if settings["samples"] == "all" else settings["samples"]
     measures = settings["measures"]
     opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
-    with_loadings = {settings["reshape"][m] for m in measures if sim.MEASURES[m].needs_loadings}
+    with_loadings = {settings["reshape"][m] for m in measures if catalog.MEASURES[m].needs_loadings}
     stats: dict[tuple[str, str, str], Any] = {}  # insertion order = recency
     computed = 0
 
@@ -531,7 +541,7 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                         except sim.DegenerateInput as e:
                             log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
                             values[m, sl, tl] = float("nan")
-        rows += [{"measure": report.INDEX_LABELS[m], **_pair_row(s, t, si, sl, ti, tl),
+        rows += [{"measure": catalog.MEASURES[m].label, **_pair_row(s, t, si, sl, ti, tl),
                   "value": float(values[m, sl, tl])}
                  for m in measures for si, sl in enumerate(s["layers"]) for ti, tl in enumerate(t["layers"])]
     log.info("%d index values from %d layer statistics computed in %.1f s", len(rows), computed, time.time() - start)
@@ -554,8 +564,6 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
     images by the network of ``inputs['ckpt']`` ('recompute', with the ``outliers`` settings). ``out_npz``
     keeps the energies of the network's own test activations and of the held-out outliers under the frozen
     (BatchNorm-folded) detector, what OOD scoring compares stitched activations with."""
-    from stitchlib import ood
-
     fronts, dev = fronts or FRONTS_DEFAULT, pick_device(device)
     check_activations({**spec, "layers": [layer]}, *(inputs[k] for k in ("train", "test", "outliers", "heldout")
                                                      if k in inputs))
@@ -590,17 +598,14 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
                 np.savez(fh, test=e_test, heldout=e_heldout)
 
 
-def load_detector(pt: str, device: torch.device):
-    import json
-
-    from stitchlib import ood
-
-    spec = json.loads(Path(pt).with_suffix(".json").read_text())["detector"]
+def load_detector(pt: str, spec_json: str, device: torch.device):
+    """A trained detector from its state dict and the JSON that describes it (both written by train_detector)."""
+    spec = json.loads(Path(spec_json).read_text())["detector"]
     return models.fold_batchnorm(ood.load_detector(spec, io.load_state_dict(pt)).to(device))  # frozen: BN folded
 
 
 @torch.no_grad()
-def _stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+def stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     dev = stitch.weight.device
     x = torch.as_tensor(acts)
     return torch.cat([stitch(x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
@@ -611,32 +616,32 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
     """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
     stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``outputs`` to its (CSV, NPZ);
-    ``inputs['detectors']`` are the target layers' detectors, whose ``.npz`` beside them holds the receiver's own
-    and the held-out outliers' energies. The source's test split is read in blocks of at most ``block_mb`` MB."""
-    from stitchlib import ood
-
+    ``inputs['detectors']``, ``['detector_specs']`` and ``['detector_energies']`` are the target layers' detectors,
+    their JSON and the receiver's own and the held-out outliers' energies under them (written by
+    :func:`train_detector`). The source's test split is read in blocks of at most ``block_mb`` MB."""
     dev = pick_device(device)
     check_activations(src_spec, inputs["src_test"])
     stitches = {m: _load_stitches(pt, src_spec, tgt_spec, inputs["src_test"], inputs["tgt_test"])
                 for m, pt in inputs["stitches"].items()}
-    dets = {tl: load_detector(pt, dev) for tl, pt in zip(tgt_spec["layers"], inputs["detectors"])}
-    own = {tl: np.load(Path(pt).with_suffix(".npz")) for tl, pt in zip(tgt_spec["layers"], inputs["detectors"])}
-    stitched: dict[tuple[str, str, str], list[np.ndarray]] = {}
+    layers = tgt_spec["layers"]
+    dets = {tl: load_detector(pt, js, dev) for tl, pt, js in zip(layers, inputs["detectors"], inputs["detector_specs"])}
+    own = {tl: np.load(npz) for tl, npz in zip(layers, inputs["detector_energies"])}
+    scores: dict[tuple[str, str, str], list[np.ndarray]] = {}
     sl_names = src_spec["layers"]
     for _, block in io.blocks(inputs["src_test"], [f"layers/{sl}" for sl in sl_names],
                               _block([(inputs["src_test"], sl_names)], block_mb)):
         for sl in sl_names:
             for tl, det in dets.items():
                 for method, st in stitches.items():
-                    e = ood.energy(det, _stitched(st[_stitch_key(sl, tl)].to(dev), block[f"layers/{sl}"]))
-                    stitched.setdefault((method, sl, tl), []).append(e)
+                    e = ood.energy(det, stitched(st[_stitch_key(sl, tl)].to(dev), block[f"layers/{sl}"]))
+                    scores.setdefault((method, sl, tl), []).append(e)
     rows, energies = {m: [] for m in stitches}, {m: {} for m in stitches}
     for ti, tl in enumerate(tgt_spec["layers"]):
         e_in, e_heldout = own[tl]["test"], own[tl]["heldout"]
         for method in stitches:
             energies[method].update({f"in/{tl}": e_in, f"heldout/{tl}": e_heldout})
             for si, sl in enumerate(sl_names):
-                e = np.concatenate(stitched[method, sl, tl])
+                e = np.concatenate(scores[method, sl, tl])
                 energies[method][f"stitched/{sl}/{tl}"] = e
                 rows[method].append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                                      **ood.ood_metrics(e_in, e)})

@@ -50,8 +50,10 @@ import h5py
 import numpy as np
 import scipy.linalg
 
+from stitchlib import catalog
+
 __all__ = [
-    "DegenerateInput", "LayerStats", "Paper1Stats", "Measure", "MEASURES", "RESHAPES", "layer_stats",
+    "DegenerateInput", "LayerStats", "Paper1Stats", "KERNELS", "RESHAPES", "layer_stats",
     "layer_stats_h5", "pairwise", "similarity", "lcka", "lcka_debiased", "pwcca", "mean_cca", "svcca", "opd",
     "r2_lr", "dm_struct",
 ]
@@ -65,12 +67,7 @@ class DegenerateInput(ValueError):
 
 
 Reshape = Literal["flatten", "positions", "pool", "paper1"]
-RESHAPES: dict[str, str] = {
-    "flatten": "one row per sample, C·H·W (conv) or T·D (tokens) columns — paper 1's CKA input",
-    "positions": "one row per sample and spatial position (n·H·W rows, C columns) or token (n·T rows, D columns)",
-    "pool": "global average over spatial positions (conv) or tokens → n × C or n × D",
-    "paper1": "pair-dependent (paper 1's PWCCA/OPD code): 'positions' when both layers' shapes match, else 'pool'",
-}
+RESHAPES = catalog.RESHAPES
 _BLOCK_ELEMENTS = 2**25  # float64 elements per row block by default (256 MB)
 
 
@@ -552,34 +549,19 @@ def _k_dm_struct(q: _Pair) -> float:
     return (total - q.explained("dm_struct")) / total
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A registered index: kernel(pair) → float; higher_is_similar (False for distances); symmetric in (A, B)."""
-
-    name: str
-    kernel: Callable[[_Pair], float]
-    higher_is_similar: bool
-    symmetric: bool
-    needs_loadings: bool = False
+# The kernel of every structural index of the measure registry (stitchlib.catalog.MEASURES, kind 'index': labels,
+# directions, symmetry, default reshapes live there). Adding an index = a catalog entry + its kernel here + a test.
+KERNELS: dict[str, Callable[[_Pair], float]] = {
+    "lcka": _k_lcka, "lcka_debiased": _k_lcka_debiased, "pwcca": _k_pwcca, "mean_cca": _k_mean_cca,
+    "svcca": _k_svcca, "opd": _k_opd, "r2_lr": _k_r2_lr, "dm_struct": _k_dm_struct,
+}
 
 
-MEASURES: dict[str, Measure] = {m.name: m for m in (
-    Measure("lcka", _k_lcka, True, True),
-    Measure("lcka_debiased", _k_lcka_debiased, True, True),
-    Measure("pwcca", _k_pwcca, True, False, needs_loadings=True),
-    Measure("mean_cca", _k_mean_cca, True, True),
-    Measure("svcca", _k_svcca, True, True),
-    Measure("opd", _k_opd, False, True),
-    Measure("r2_lr", _k_r2_lr, True, False),
-    Measure("dm_struct", _k_dm_struct, False, False),
-)}
-
-
-def _measures(names: Sequence[str]) -> list[Measure]:
-    unknown = [m for m in names if m not in MEASURES]
+def _measures(names: Sequence[str]) -> list[str]:
+    unknown = [m for m in names if m not in KERNELS]
     if unknown or isinstance(names, str):
-        raise ValueError(f"unknown measure(s) {unknown or names!r}; known: {list(MEASURES)}")
-    return [MEASURES[m] for m in names]
+        raise ValueError(f"unknown measure(s) {unknown or names!r}; known: {list(KERNELS)}")
+    return list(names)
 
 
 def pairwise(stats_a: Sequence[Stats], stats_b: Sequence[Stats],
@@ -594,20 +576,20 @@ def pairwise(stats_a: Sequence[Stats], stats_b: Sequence[Stats],
     """
     opts = Options(regularization, svcca_variance, svcca_dims, pwcca_count)
     ms = _measures(measures)
-    out = {m.name: np.full((len(stats_a), len(stats_b)), np.nan) for m in ms}
+    out = {m: np.full((len(stats_a), len(stats_b)), np.nan) for m in ms}
     for i, a in enumerate(stats_a):
         for j, b in enumerate(stats_b):
             q = _Pair(*Paper1Stats.resolve(a, b), opts)
             for m in ms:
-                out[m.name][i, j] = m.kernel(q)
+                out[m][i, j] = KERNELS[m](q)
     return out
 
 
 def similarity(measure: str, A: Any, B: Any, *, reshape: Reshape = "flatten", **options: Any) -> float:
     """One measure for one pair; A, B are activations (arrays/tensors) or precomputed stats."""
     (m,) = _measures([measure])
-    a = A if isinstance(A, (LayerStats, Paper1Stats)) else layer_stats(A, name="A", reshape=reshape,
-                                                                        loadings=m.needs_loadings or None)
+    loadings = catalog.MEASURES[m].needs_loadings or None
+    a = A if isinstance(A, (LayerStats, Paper1Stats)) else layer_stats(A, name="A", reshape=reshape, loadings=loadings)
     b = B if isinstance(B, (LayerStats, Paper1Stats)) else layer_stats(B, name="B", reshape=reshape)
     return float(pairwise([a], [b], [measure], **options)[measure][0, 0])
 

@@ -17,15 +17,16 @@ tokens → conv      :class:`TokensToConv`: CLS dropped, patch tokens laid out o
 =================  ==========================================================================================
 
 DM fits T by least squares on "rows": every (sample, position) or (sample, token) of P(source) is one
-equation y = W x + b, so DM is exact for every type. The normal equations are accumulated in float64 over chunks, centred, so the solution on
-the whole split is exact (not an average of chunk solutions).
+equation y = W x + b, so DM is exact for every type. The normal equations are accumulated in float64 over chunks,
+centred, so the solution on the whole split is exact (not an average of chunk solutions).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from stitchlib import tasks
+from stitchlib import catalog, tasks
 from stitchlib.io import epoch_order
 from stitchlib.train import make_optimizer, set_epoch_lr
 
@@ -67,7 +68,7 @@ class AffineStitch(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c_out))
 
     @classmethod
-    def between(cls, src_shape: tuple, tgt_shape: tuple, layout: str) -> "AffineStitch":
+    def between(cls, src_shape: tuple, tgt_shape: tuple, layout: str) -> AffineStitch:
         """A stitch sized from per-sample shapes (C, H, W) / (T, D) of source and target."""
         if layout == "conv":
             return cls(src_shape[0], tgt_shape[0], layout, tgt_shape[1:])
@@ -89,7 +90,7 @@ class AffineStitch(nn.Module):
             return resize(F.conv2d(h, w, self.bias), self.size)
         return F.conv2d(resize(h, self.size), w, self.bias)
 
-    def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> "AffineStitch":
+    def set_affine(self, w: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> AffineStitch:
         with torch.no_grad():
             w = torch.as_tensor(w, dtype=self.bias.dtype, device=self.bias.device)
             if parametrize.is_parametrized(self, "weight"):
@@ -188,7 +189,7 @@ class TokensToConv(AffineStitch):
         return super().forward(self.grid_map(h))
 
 
-CONV_STITCHES = ("bilinear", "paper3")
+CONV_STITCHES = tuple(catalog.CONV_STITCHES)  # their descriptions: stitchlib.catalog
 
 
 def make_stitch(src_shape: tuple, tgt_shape: tuple, src_layout: str, tgt_layout: str,
@@ -329,6 +330,75 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
     solution = ls.solve(rcond) if method == "ls" else ls.procrustes() if method == "procrustes" \
         else ls.reduced_rank(rank, rcond)
     return stitch.set_affine(*solution)
+
+
+# ----------------------------------------------------------------------------- low-rank approximations and pooling
+# (the Ding et al. tests' representations, stitchlib.ding; extraction writes a training split's summary of both)
+
+def _channels_last(h: np.ndarray, layout: str) -> np.ndarray:
+    return np.moveaxis(h, 1, -1) if layout == "conv" else h
+
+
+def pooled(h: np.ndarray, layout: str) -> np.ndarray:
+    """Probe features: the global average over positions (conv, (N, C, H, W) → (N, C)) or the CLS token
+    (tokens, (N, T, D) → (N, D)), in float64."""
+    h = np.asarray(h, np.float64)
+    if layout == "conv":
+        return h.mean(axis=(2, 3))
+    if layout == "tokens":
+        return h[:, 0]
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+class LowRank:
+    """Principal directions of a layer's rows (samples × positions or tokens, C columns), for low-rank
+    approximations ĥ = μ + (h − μ) V_r V_rᵀ that keep the layer's shape.
+
+    ``fit`` streams chunks and accumulates n, Σx and XᵀX in float64 (the covariance's eigenvectors are the
+    right singular vectors of the centred rows, sorted by decreasing variance).
+    """
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, variances: np.ndarray):
+        self.mean, self.basis, self.variances = mean, basis, variances
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @staticmethod
+    def add(acc: LeastSquares | None, h: np.ndarray, layout: str) -> LeastSquares:
+        """Accumulate a chunk of activations' rows (the least-squares accumulator with no targets: n, Σx, XᵀX)."""
+        r = rows(np.asarray(h), layout)
+        acc = acc or LeastSquares(r.shape[1], 0)
+        acc.update(r, np.zeros((len(r), 0)))
+        return acc
+
+    @classmethod
+    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> LowRank:
+        acc = None
+        for h in chunks:
+            acc = cls.add(acc, h, layout)
+        return cls.of(acc)
+
+    @classmethod
+    def of(cls, acc: LeastSquares | None) -> LowRank:
+        """The principal directions of the rows accumulated by :meth:`add`."""
+        if acc is None or acc.n < 2:
+            raise ValueError("low-rank approximation needs at least two rows")
+        mean = acc.sx / acc.n
+        evals, evecs = np.linalg.eigh(acc.xx - acc.n * np.outer(mean, mean))
+        order = np.argsort(evals)[::-1]
+        return cls(mean, evecs[:, order], np.clip(evals[order], 0, None) / (acc.n - 1))
+
+    def apply(self, h: np.ndarray, rank: int, layout: str) -> np.ndarray:
+        """The rank-``rank`` approximation of ``h`` (same shape, float64); features last for 'pool'ed input."""
+        if not 1 <= rank <= self.channels:
+            raise ValueError(f"rank {rank} is outside 1..{self.channels} (the layer's channels)")
+        h = np.asarray(h, np.float64)
+        x = h if layout == "pool" else _channels_last(h, layout)
+        v = self.basis[:, :rank]
+        out = self.mean + ((x - self.mean) @ v) @ v.T
+        return out if layout == "pool" else np.ascontiguousarray(np.moveaxis(out, -1, 1) if layout == "conv" else out)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -21,8 +21,9 @@ dataset's task is ``catalog.DatasetFacts.task``: :func:`for_dataset`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

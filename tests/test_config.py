@@ -54,7 +54,7 @@ BAD = [
     ("datasets.svhn", {}, "datasets.svhn.root", "needs a local root holding: train_32x32.mat, test_32x32.mat"),
     ("datasets.digits.image_size", 2, "datasets.digits.image_size", "less than the minimum of 4"),
     ("architectures.resnet18", {"params": {}}, "architectures.resnet18", "'family' is a required property"),
-    ("architectures.resnet18.family", "resnet1000", "architectures.resnet18.family", "unknown architecture"),
+    ("architectures.resnet18.family", "resnet1000", "architectures.resnet18.family", "is not one of ['resnet18'"),
     ("architectures.resnet18.layers", ["layer1.0", "layer9.9"], "architectures.resnet18.layers[1]",
      "resnet18 has no layer 'layer9.9'"),
     ("architectures.resnet18.layers", ["layer2.0", "layer1.0"], "architectures.resnet18.layers", "in network order"),

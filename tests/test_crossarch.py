@@ -49,7 +49,8 @@ def test_every_sender_output_to_every_receiver_input_has_the_target_shape(conv_s
                         assert s(h).shape == t.shape
                         assert st.rows(s.prepare(h), s.layout).shape == (len(st.rows(t, "conv")), s.weight.shape[1])
                         assert b.back(s(h), j).shape == (3, 10)
-    assert kinds == ({"AffineStitch", "StrideStitch", "UpsampleStitch"} if conv_stitch == "paper3" else {"AffineStitch"})
+    expected = {"AffineStitch", "StrideStitch", "UpsampleStitch"} if conv_stitch == "paper3" else {"AffineStitch"}
+    assert kinds == expected
 
 
 def test_paper3_stitch_kernels_are_strided_conv_and_nearest_upsampling(rng):
@@ -61,7 +62,8 @@ def test_paper3_stitch_kernels_are_strided_conv_and_nearest_upsampling(rng):
     torch.testing.assert_close(st.rows(down(h), "conv"), by_rows, rtol=1e-12, atol=1e-12)
     up = st.make_stitch((3, 8, 8), (5, 16, 16), "conv", "conv", "paper3").double()
     up.set_affine(rng.normal(size=(5, 3)), rng.normal(size=5))
-    expected = torch.nn.functional.conv2d(h.repeat_interleave(2, 2).repeat_interleave(2, 3), up.weight[:, :, None, None],
+    expected = torch.nn.functional.conv2d(h.repeat_interleave(2, 2).repeat_interleave(2, 3),
+                                          up.weight[:, :, None, None],
                                           up.bias)
     torch.testing.assert_close(up(h), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="not k×"):

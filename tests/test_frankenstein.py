@@ -1,7 +1,6 @@
 """Paper 2's building blocks (direct matching classes, TLM options, Tiny-10) against independent formulas, and
 the study end to end on a tiny config."""
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,7 @@ import scipy.linalg
 import torch
 
 from stitchlib import models, similarity
-from stitchlib.stitching import (AffineStitch, LeastSquares, batch_cka, bottleneck, fit_dm, init_stitch, lasso,
-                                 rows, train_tlm)
+from stitchlib.stitching import AffineStitch, LeastSquares, batch_cka, bottleneck, fit_dm, init_stitch, lasso, train_tlm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from stitchlib import data, hooked, models, pipeline
-from stitchlib import config as sconf
-from stitchlib.train import train_network
 from test_workflow import smk
+
+from stitchlib import config as sconf
+from stitchlib import data, hooked, models, pipeline
+from stitchlib.train import train_network
 
 VIT = "torchvision.models.vision_transformer.VisionTransformer"
 VIT_KW = dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
@@ -152,17 +152,17 @@ def test_import_writes_the_checkpoint_and_refuses_a_foreign_state_dict(tmp_path)
     acc = _train_vit(0, tmp_path / "mine-s0.pt")
     (tmp_path / "mine-s1.pt").touch()
     cfg = sconf.validate(_config(tmp_path))
-    spec = pipeline.network_spec(cfg, "digits", "mine-s0")
-    hooked.import_network(spec, str(tmp_path / "ck.pt"), str(tmp_path / "ck.json"), device="cpu")
+    spec = sconf.network_spec(cfg, "digits", "mine-s0")
+    pipeline.train(spec, {}, str(tmp_path / "ck.pt"), str(tmp_path / "ck.json"), device="cpu")
     metrics = json.loads((tmp_path / "ck.json").read_text())
     assert metrics["test_accuracy"] == acc and metrics["imported_from"] == str(tmp_path / "mine-s0.pt")
     net = pipeline.load_network(spec, tmp_path / "ck.pt", torch.device("cpu"))
     assert pipeline.expected_shapes(spec) == {p: (17, 16) for p in VIT_POINTS}  # CLS + 4×4 patches, width 16
 
     other = _config(tmp_path, kwargs={**VIT_KW, "hidden_dim": 8})
-    spec = pipeline.network_spec(sconf.validate(other), "digits", "mine-s0")
+    spec = sconf.network_spec(sconf.validate(other), "digits", "mine-s0")
     with pytest.raises(ValueError, match=r"architectures.mine.params.state_dict: .*mine-s0.pt does not fit"):
-        hooked.import_network(spec, str(tmp_path / "x.pt"), str(tmp_path / "x.json"), device="cpu")
+        pipeline.train(spec, {}, str(tmp_path / "x.pt"), str(tmp_path / "x.json"), device="cpu")
     assert net.layout == "tokens" and not (tmp_path / "x.pt").exists()
 
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from stitchlib import html_report, report
+from stitchlib import html_report, plotting
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -19,9 +19,9 @@ def _outputs(tmp_path):
     (res / "tables/digits/table1.md").write_text("## Table 1\n\n| measure | intra |\n|---|---|\n| LCKA | 100.00% |\n")
     (res / "tables/digits/table1.csv").write_text("measure,intra\nLCKA,100\n")
     m = pd.DataFrame([[1.0, 0.5], [0.4, 0.9]], index=["L0", "L1"], columns=["L0", "L1"])
-    report.heatmap(m, res / "figures/digits/intra/rn/lcka.png", "LCKA")
-    report.heatmap(m, res / "figures/digits/ood/a.png", "A")
-    report.heatmap(m, res / "figures/digits/ood/b.png", "B")
+    plotting.heatmap(m, res / "figures/digits/intra/rn/lcka.png", "LCKA")
+    plotting.heatmap(m, res / "figures/digits/ood/a.png", "A")
+    plotting.heatmap(m, res / "figures/digits/ood/b.png", "B")
     return res, [res / "tables/digits/table1.md", res / "tables/digits/table1.csv",
                  res / "figures/digits/intra/rn/lcka.png", res / "figures/digits/ood"]
 

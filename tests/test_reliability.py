@@ -38,7 +38,7 @@ def tiny_cfg():
 
 
 def spec(cfg, net="rn-s0"):
-    return pipeline.network_spec(cfg, "digits", net)
+    return sconf.network_spec(cfg, "digits", net)
 
 
 def write_h5(path, layers: dict[str, np.ndarray], layout="conv"):

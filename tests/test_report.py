@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stitchlib import report
+from stitchlib import plotting, report
 
 
 def _long(measure, values, setting="intra", source="n-s0", target="n-s0"):
@@ -41,5 +41,5 @@ def test_table1_markdown_layout():
 def test_heatmap_writes_png(tmp_path):
     m = report.mean_matrix(_long("TLM", np.eye(3)), "TLM", "n", "intra")
     assert list(m.index) == ["L0", "L1", "L2"]
-    report.heatmap(m, tmp_path / "h.png", "t")
+    plotting.heatmap(m, tmp_path / "h.png", "t")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,12 +8,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_reliability import TINY
 
-from stitchlib import catalog, data, footprint, io, models, pipeline
+from stitchlib import catalog, footprint, io, models, pipeline
 from stitchlib import config as sconf
 from stitchlib.stitching import evaluate
-
-from test_reliability import TINY, write_h5
 
 ROOT = TINY.parents[2]
 
@@ -78,7 +77,7 @@ def pair(tmp_path_factory):
     cfg = sconf.validate(raw)
     out = {"cfg": cfg}
     for net in ("rn-s0", "rn-s1"):
-        spec = pipeline.network_spec(cfg, "digits", net)
+        spec = sconf.network_spec(cfg, "digits", net)
         torch.manual_seed(spec["seed"])
         model = pipeline.build_network(spec)
         from stitchlib.train import train_network
@@ -183,7 +182,7 @@ def test_the_training_summary_is_what_probes_and_the_sensitivity_test_read(pair,
 
 
 def test_detector_streams_the_cache_or_recomputes_and_scores_from_its_energies(pair, tmp_path):
-    s, t = pair["rn-s0"], pair["rn-s1"]
+    t = pair["rn-s1"]
     cfg = pair["cfg"]
     o = cfg["ood"]["outliers"]
     outl = {x: str(tmp_path / f"{x}.h5") for x in ("outliers", "heldout")}
@@ -196,7 +195,7 @@ def test_detector_streams_the_cache_or_recomputes_and_scores_from_its_energies(p
                                 out_npz=out["npz"], fronts=_fronts(policy, buffer=256), outliers=o)
     a, b = (np.load(tmp_path / f"{p}.npz") for p in ("cache", "recompute"))
     assert np.allclose(a["test"], b["test"], atol=1e-3) and np.allclose(a["heldout"], b["heldout"], atol=1e-3)
-    det = pipeline.load_detector(str(tmp_path / "cache.pt"), torch.device("cpu"))
+    det = pipeline.load_detector(str(tmp_path / "cache.pt"), str(tmp_path / "cache.json"), torch.device("cpu"))
     from stitchlib import ood
 
     assert np.array_equal(ood.energy(det, io.read_layer(t["test"], "layer3.1")), a["test"])  # what scoring compares

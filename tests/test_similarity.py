@@ -9,9 +9,10 @@ import scipy.linalg
 import threadpoolctl
 from sklearn.datasets import load_digits
 
+from stitchlib import catalog
 from stitchlib import similarity as S
 
-ALL = list(S.MEASURES)
+ALL = list(S.KERNELS)
 CCA_FAMILY = ["pwcca", "mean_cca", "svcca", "r2_lr", "dm_struct"]
 
 
@@ -146,7 +147,7 @@ def test_public_functions_are_the_registry(digits):
     A, B = digits
     fns = {"lcka": S.lcka, "lcka_debiased": S.lcka_debiased, "pwcca": S.pwcca, "mean_cca": S.mean_cca,
            "svcca": S.svcca, "opd": S.opd, "r2_lr": S.r2_lr, "dm_struct": S.dm_struct}
-    assert set(fns) == set(S.MEASURES)
+    assert set(fns) == set(S.KERNELS)
     for name, fn in fns.items():
         assert fn(A, B) == pytest.approx(REF[name](A, B), abs=1e-9)
 
@@ -204,12 +205,12 @@ def test_symmetry_flags_are_true():
     ab, ba = S.pairwise([a], [b], ALL), S.pairwise([b], [a], ALL)
     for m in ALL:
         same = ab[m][0, 0] == pytest.approx(ba[m][0, 0], abs=1e-12)
-        assert same == S.MEASURES[m].symmetric, m
+        assert same == catalog.MEASURES[m].symmetric, m
 
 
 def test_registry():
-    assert list(S.MEASURES) == ["lcka", "lcka_debiased", "pwcca", "mean_cca", "svcca", "opd", "r2_lr", "dm_struct"]
-    assert {m for m, x in S.MEASURES.items() if not x.higher_is_similar} == {"opd", "dm_struct"}
+    assert set(S.KERNELS) == set(catalog.INDICES)  # every index of the registry has a kernel, and only those
+    assert {m for m in catalog.INDICES if not catalog.MEASURES[m].higher_is_similar} == {"opd", "dm_struct"}
     with pytest.raises(ValueError, match="unknown measure"):
         S.pairwise([], [], ["cka"])
 

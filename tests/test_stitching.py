@@ -69,7 +69,8 @@ def test_dm_self_stitch_is_identity_and_keeps_accuracy(trained_resnet, digits16)
 
 def test_make_stitch_default_is_paper1s_stitch():
     """Paper 1's matrices go through the factory: conv maps and tokens get the same AffineStitch as before."""
-    for src, tgt, layout in [((8, 2, 2), (4, 8, 8), "conv"), ((8, 8, 8), (4, 2, 2), "conv"), ((5, 8), (5, 3), "tokens")]:
+    shapes = [((8, 2, 2), (4, 8, 8), "conv"), ((8, 8, 8), (4, 2, 2), "conv"), ((5, 8), (5, 3), "tokens")]
+    for src, tgt, layout in shapes:
         s, ref = st.make_stitch(src, tgt, layout, layout), st.AffineStitch.between(src, tgt, layout)
         assert type(s) is st.AffineStitch and s.size == ref.size and s.weight.shape == ref.weight.shape
     with pytest.raises(ValueError, match="conv_stitch"):

@@ -2,7 +2,6 @@
 end-to-end run on the digits followed by an incremental-rebuild check."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,7 +186,8 @@ def _fake_data(tmp_path, raw: dict) -> dict:
         root = tmp_path / "data" / name
         for p in {"cifar10": ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"],
                   "svhn": ["train_32x32.mat", "test_32x32.mat"], "imagenet": ["train/n0/a.JPEG", "val/n0/a.JPEG"],
-                  "celeba": ["celeba/img_align_celeba/000001.jpg", *(f"celeba/{f}" for f in catalog.CELEBA_FILES)]}[name]:
+                  "celeba": ["celeba/img_align_celeba/000001.jpg",
+                             *(f"celeba/{f}" for f in catalog.CELEBA_FILES)]}[name]:
             (root / p).parent.mkdir(parents=True, exist_ok=True)
             (root / p).touch()
         d["root"] = str(root)

@@ -1,7 +1,7 @@
 import pandas as pd
 from _runner import run
 
-from stitchlib import report
+from stitchlib import catalog, plotting, report
 
 
 def job(sm):
@@ -10,8 +10,9 @@ def job(sm):
         if dataset not in tables:
             tables[dataset] = pd.read_csv(next(p for p in sm.input if f"/{dataset}/" in p))
         m = report.mean_matrix(tables[dataset], measure, arch, setting)
-        report.heatmap(m, path, f"{measure} ({report.MEASURES[measure].quantity}), {arch}, {setting}-network, {dataset}",
-                       report.MEASURES[measure].higher_is_similar)
+        x = catalog.measure(measure)
+        plotting.heatmap(m, path, f"{measure} ({x.quantity}), {arch}, {setting}-network, {dataset}",
+                         x.higher_is_similar)
 
 
 run(snakemake, job)
