@@ -58,7 +58,7 @@ def check_activations(spec: dict[str, Any], *paths: str) -> None:
     """Refuse activation files of ``spec``'s network that are incomplete, foreign, or whose layers do not have
     the shapes the network produces (the error names the file, the layer and both shapes)."""
     for path in paths:
-        io.checklayer_shapes(path, expected_shapes(spec))
+        io.check_layer_shapes(path, expected_shapes(spec))
 
 
 def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -> models.Stitchable:
