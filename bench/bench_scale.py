@@ -60,12 +60,12 @@ def write_cifar(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
                                      "truck"]}, f)
 
 
-def bench_config(data: Path, policy: str, test: int = 1000) -> dict:
+def bench_config(data: Path, policy: str, test: int = 1000, device: str = "cpu") -> dict:
     """Paper 1's networks and settings, reduced in what costs CPU time but not memory: one seed, two stitch points
     per network, no network training (epochs 0), one TLM epoch, small detectors trained one epoch per stage."""
     return {
         "results": "results",
-        "device": "cpu",
+        "device": device,
         "datasets": {"cifar10": {"root": str(data)}},
         "architectures": {
             "resnet18": {"family": "resnet18", "params": {"width": 64}, "layers": ["layer1.0", "layer4.1"],
@@ -89,6 +89,13 @@ def bench_config(data: Path, policy: str, test: int = 1000) -> dict:
         "cross": {"architectures": [], "conv_vit": None},
         "frankenstein": {"enabled": False},
     }
+
+
+def tlm_speed(folder: Path, n: int) -> float:
+    """Training images per second through TLM stitches (stitches × images of the one epoch over the logged time)."""
+    done = [re.search(r"trained (\d+) TLM stitches in ([\d.]+) s", p.read_text())
+            for p in (folder / "results" / "logs" / "tlm").rglob("*.log")]
+    return sum(int(m[1]) * n for m in done if m) / max(sum(float(m[2]) for m in done if m), 1e-9)
 
 
 def measure(folder: Path) -> tuple[dict[str, float], dict[str, int]]:
@@ -124,6 +131,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1000, help="test images (the same at every size)")
     ap.add_argument("--policy", choices=["recompute", "cache"], default="recompute")
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cuda: the rehearsal on a GPU (then record TLM images/s)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/stitchlib-bench-scale"))
     args = ap.parse_args()
 
@@ -132,7 +140,7 @@ def main() -> None:
         folder = args.out / f"{args.policy}-{n}"
         write_cifar(folder / "data", n, args.test)
         cfg_path = folder / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(bench_config(folder / "data", args.policy, args.test)))
+        cfg_path.write_text(yaml.safe_dump(bench_config(folder / "data", args.policy, args.test, args.device)))
         start = time.time()
         out = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--configfile",
                               str(cfg_path), "--cores", str(args.cores), "-q"], cwd=folder, capture_output=True,
@@ -141,10 +149,11 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"size {n}: snakemake failed\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         runs[n] = measure(folder)
-        print(f"size {n}: {seconds[n] / 60:.1f} min", flush=True)
+        print(f"size {n}: {seconds[n] / 60:.1f} min, TLM {tlm_speed(folder, n):.0f} stitch-images/s "
+              f"({args.policy}, {args.device})", flush=True)
 
     sizes = args.sizes
-    at_paper = sconf.validate(bench_config(args.out / "data-not-needed", args.policy, args.test) | {
+    at_paper = sconf.validate(bench_config(args.out / "data-not-needed", args.policy, args.test, args.device) | {
         "datasets": {"cifar10": {"root": None, "download": True}}})
     est = footprint.estimate(at_paper)  # catalog's CIFAR-10: 50,000 training images
     rules = sorted({r for _, (peak, _) in runs.items() for r in peak})
