@@ -159,7 +159,7 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
 
 def test_tiny_end_to_end_recomputing_every_front_with_augmentation(tmp_path):
     cfg = ROOT / "tests" / "configs" / "tiny-recompute.yaml"
-    smk("--cores", "2", "--configfile", str(cfg), "results/tables/digits/table1.md", "results/figures/digits/ood",
+    smk("results/tables/digits/table1.md", "results/figures/digits/ood", "--cores", "2", "--configfile", str(cfg),
         cwd=tmp_path)
     res = tmp_path / "results"
     acts = res / "activations/digits/rn-s0"
