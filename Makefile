@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python bench/bench_tlm.py
 	$(BIN)/python bench/bench_similarity.py --quick
 	$(BIN)/python bench/bench_dag.py
+	$(BIN)/python bench/bench_integrity.py
 
 bench-full: venv
 	$(BIN)/python bench/bench_similarity.py
@@ -64,10 +65,11 @@ fault-injection: venv
 
 # As root: a one-node SLURM cluster on this machine (installed with apt if missing, stopped afterwards), the tiny
 # config locally and through profiles/slurm, tables compared byte for byte (tools/slurm/e2e.sh). Measured 27 min on
-# 2 cores busy with other work (local run 13, SLURM run 14); cluster install 15 s, start 3 s.
+# 2 cores busy with other work (local run 13, SLURM run 14); cluster install 15 s, start 3 s. E2E_ARGS=--check
+# checks the script's paths and arguments without root or daemons (tests/test_slurm.py runs it).
 .PHONY: slurm-test
 slurm-test: venv
-	PYTHON=$(BIN)/python tools/slurm/e2e.sh
+	PYTHON=$(abspath $(BIN))/python tools/slurm/e2e.sh $(E2E_ARGS)
 
 dry-run: venv
 	$(BIN)/snakemake -n --quiet rules

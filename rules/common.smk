@@ -3,9 +3,11 @@
 # than the config check needs), scans the filesystem, or recomputes what it computed once (specs are memoised).
 
 import sys
+import warnings
 from functools import cache
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under --software-deployment-method conda
 
@@ -14,9 +16,13 @@ from stitchlib import config as sconf
 from stitchlib import footprint
 
 try:
-    config.update(sconf.validate(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sconf.ConfigWarning)
+        config.update(sconf.validate(config))
 except sconf.ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
+for w in caught:  # loud, before any job: values that run but mislead
+    logger.warning(f"config warning: {w.message}")
 
 R = config["results"]
 THREADS = config["threads"]
@@ -130,6 +136,7 @@ def table1(dataset):
 
 
 def detectors(dataset, net, ext="pt"):
+    """Every layer's detector weights (ext pt) or spec (ext json)."""
     arch = sconf.parse_network(net)[0]
     return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.{ext}" for layer in sconf.layers(config, arch)]
 

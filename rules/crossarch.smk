@@ -65,9 +65,18 @@ rule cross_report:
         unpack(cross_report_inputs),
     output:
         table=f"{R}/matrices/{{dataset}}/cross/stitches.csv",
-        summary_csv=f"{R}/tables/{{dataset}}/cross/summary.csv",
+        summary_csv=report(
+            f"{R}/tables/{{dataset}}/cross/summary.csv",
+            caption="../report/cross.rst",
+            category="Paper 3",
+            subcategory="Summary",
+        ),
         summary_md=f"{R}/tables/{{dataset}}/cross/summary.md",
-        figures=[f for figures in cross_figures("{dataset}") for f in figures.values()],
+        figures=[
+            report(f, caption="../report/cross.rst", category="Paper 3", subcategory="Figures")
+            for figures in cross_figures("{dataset}")
+            for f in figures.values()
+        ],
     log:
         f"{R}/logs/cross_report/{{dataset}}.log",
     conda:

@@ -84,9 +84,21 @@ rule ding_tables:
     input:
         unpack(ding_table_inputs),
     output:
-        table2_csv=f"{R}/tables/{{dataset}}/table2.csv",
+        table2_csv=report(
+            f"{R}/tables/{{dataset}}/table2.csv",
+            caption="../report/ding.rst",
+            category="Paper 1",
+            subcategory="Tables 2-3 (Ding et al.)",
+            labels={"table": "2: sensitivity"},
+        ),
         table2_md=f"{R}/tables/{{dataset}}/table2.md",
-        table3_csv=f"{R}/tables/{{dataset}}/table3.csv",
+        table3_csv=report(
+            f"{R}/tables/{{dataset}}/table3.csv",
+            caption="../report/ding.rst",
+            category="Paper 1",
+            subcategory="Tables 2-3 (Ding et al.)",
+            labels={"table": "3: specificity"},
+        ),
         table3_md=f"{R}/tables/{{dataset}}/table3.md",
     log:
         f"{R}/logs/ding_tables/{{dataset}}.log",

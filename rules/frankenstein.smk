@@ -68,8 +68,22 @@ rule frankenstein_figures:
     input:
         unpack(frank_results),
     output:
-        figures=[f"{R}/figures/{{dataset}}/frankenstein/{name}.png" for name in frank_figure_names()],
-        csv=f"{R}/tables/{{dataset}}/frankenstein/summary.csv",
+        figures=[
+            report(
+                f"{R}/figures/{{dataset}}/frankenstein/{name}.png",
+                caption="../report/frankenstein.rst",
+                category="Paper 2",
+                subcategory="Figures",
+                labels={"figure": name},
+            )
+            for name in frank_figure_names()
+        ],
+        csv=report(
+            f"{R}/tables/{{dataset}}/frankenstein/summary.csv",
+            caption="../report/frankenstein.rst",
+            category="Paper 2",
+            subcategory="Summary",
+        ),
         md=f"{R}/tables/{{dataset}}/frankenstein/summary.md",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/figures.log",

@@ -83,7 +83,13 @@ rule ood_figures:
         unpack(ood_figure_inputs),
     output:
         table=f"{R}/matrices/{{dataset}}/ood.csv",
-        figures=directory(f"{R}/figures/{{dataset}}/ood"),
+        figures=report(
+            directory(f"{R}/figures/{{dataset}}/ood"),
+            patterns=["{name}.png"],
+            caption="../report/ood.rst",
+            category="Paper 1",
+            subcategory="OOD detectors",
+        ),
     log:
         f"{R}/logs/ood_figures/{{dataset}}.log",
     conda:

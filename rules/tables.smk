@@ -24,7 +24,12 @@ rule table1:
     input:
         matrix,
     output:
-        csv=f"{R}/tables/{{dataset}}/table1.csv",
+        csv=report(
+            f"{R}/tables/{{dataset}}/table1.csv",
+            caption="../report/table1.rst",
+            category="Paper 1",
+            subcategory="Table 1",
+        ),
         md=f"{R}/tables/{{dataset}}/table1.md",
     log:
         f"{R}/logs/table1/{{dataset}}.log",
@@ -46,7 +51,17 @@ rule heatmaps:
     input:
         expand(f"{R}/matrices/{{dataset}}/similarity.csv", dataset=config["datasets"]),
     output:
-        [f for d in config["datasets"] for f in heatmaps(d)],
+        [
+            report(
+                f,
+                caption="../report/heatmap.rst",
+                category="Paper 1",
+                subcategory="Heatmaps",
+                labels={"dataset": d, "measure": m, "architecture": a, "setting": s},
+            )
+            for d in config["datasets"]
+            for f, (m, a, s) in zip(heatmaps(d), heatmap_specs())
+        ],
     log:
         f"{R}/logs/heatmaps.log",
     priority: 10

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 
@@ -19,9 +20,8 @@ class DatasetFacts:
     #                          non-empty folder of files); () = bundled
     task: str = "multiclass"  # how targets are scored (stitchlib.tasks): multiclass | multilabel (num_classes
     #                           = number of attributes, targets {0, 1} vectors)
-    train_size: int = 0      # images in the train / test split (the footprint estimates, stitchlib.footprint)
-    test_size: int = 0
-    in_memory: bool = True   # the loader holds the split in memory (uint8 pixels) rather than reading files per batch
+    splits: tuple[int, int] = (0, 0)  # images in the (train, test) splits stitchlib loads
+    in_memory: bool = True  # the loader holds the split in memory (uint8 pixels), not files read per batch
 
 
 CELEBA_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt", "list_bbox_celeba.txt",
@@ -29,16 +29,17 @@ CELEBA_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_Cel
 DIGITS_ATTRIBUTES = ("even", "at_least_5", "prime", "closed_loop")  # stitchlib.data.digit_attributes
 
 DATASETS: dict[str, DatasetFacts] = {
-    "digits": DatasetFacts(10, 8, (), train_size=1400, test_size=397),  # scikit-learn's bundled handwritten digits
+    "digits": DatasetFacts(10, 8, (), splits=(1400, 397)),  # scikit-learn's bundled handwritten digits
     # the same images, scored on 4 binary attributes of the digit (a multi-label task)
-    "digits_attributes": DatasetFacts(len(DIGITS_ATTRIBUTES), 8, (), "multilabel", 1400, 397),
+    "digits_attributes": DatasetFacts(len(DIGITS_ATTRIBUTES), 8, (), "multilabel", (1400, 397)),
     # 40 binary face attributes (paper 2's Inception V1 task); aligned 178×218 images, centre square 178
     "celeba": DatasetFacts(40, 178, ("celeba/img_align_celeba/*", *(f"celeba/{f}" for f in CELEBA_FILES)),
-                           "multilabel", 162770, 19962, in_memory=False),
+                           "multilabel", (162770, 19962), in_memory=False),
     "cifar10": DatasetFacts(10, 32, ("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"),
-                            train_size=50000, test_size=10000),
-    "svhn": DatasetFacts(10, 32, ("train_32x32.mat", "test_32x32.mat"), train_size=73257, test_size=26032),
-    "imagenet": DatasetFacts(1000, 224, ("train/", "val/"), train_size=1281167, test_size=50000, in_memory=False),
+                            splits=(50000, 10000)),
+    "svhn": DatasetFacts(10, 32, ("train_32x32.mat", "test_32x32.mat"), splits=(73257, 26032)),
+    # ILSVRC-2012 train, val
+    "imagenet": DatasetFacts(1000, 224, ("train/", "val/"), splits=(1281167, 50000), in_memory=False),
 }
 
 
@@ -226,31 +227,70 @@ FAMILIES: dict[str, Family] = {
                      description="a network of your own: an importable factory cut at module paths by hooks"),
 }
 
-# OOD detector sizes per layout (stitchlib.ood): paper 1's ResNet-18 at 32×32 and ViT-Ti
+# Inclusive bounds of the built-in families' numeric parameters (stage_blocks: of each entry): beyond them a value
+# is a typo, not an experiment (a width of 0 builds nothing; 10⁵ blocks do not fit any GPU).
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "width": (1, 4096), "stage_blocks": (1, 64), "patch_size": (1, 512), "depth": (1, 256), "heads": (1, 512),
+    "hidden_dim": (1, 16384), "mlp_dim": (1, 65536), "dropout": (0.0, 1.0)}
+
+
+# The OOD detectors (stitchlib.ood): sizes per layout, paper 1's (ResNet-18 at 32×32, ViT-Ti; configs pass smaller
+# ones for the digits), and training defaults: stage 1 (pretrain, cross-entropy) and stage 2 (finetune, outlier
+# exposure with Liu et al.'s energy margins: in-distribution energies pushed below m_in, outliers above m_out).
 DETECTOR_SIZE: dict[str, dict[str, object]] = {
     "conv": {"width": 64, "input_size": 32, "stage_blocks": [2, 2, 2, 2]},
     "tokens": {"hidden_dim": 192, "depth": 12, "heads": 3, "mlp_dim": 768, "dropout": 0.0},
 }
+DETECTOR_TRAINING: dict[str, dict[str, object]] = {
+    "pretrain": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 128,
+                 "schedule": "constant"},
+    "finetune": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 256,
+                 "schedule": "cosine", "m_in": -25.0, "m_out": -7.0, "energy_weight": 0.1},
+}
 
 
-def architecture_params(family: str, params: dict, where: str = "architecture") -> dict:
-    """Defaults merged with ``params``; unknown families or parameter names are errors naming ``where``."""
+def heads_problem(hidden_dim: int, heads: int) -> str | None:
+    """Why multi-head attention of ``heads`` heads cannot split ``hidden_dim`` channels, or None."""
+    if hidden_dim % heads:
+        fits = max(h for h in range(1, heads + 1) if hidden_dim % h == 0)
+        return (f"{heads} attention heads do not divide hidden_dim {hidden_dim} (each head takes hidden_dim / heads "
+                f"channels); use a divisor of {hidden_dim}, e.g. {fits}")
+    return None
+
+
+def architecture_params(family: str, params: dict, where: str | None = None) -> dict:
+    """Defaults merged with ``params``; unknown families or parameter names, types, ranges and divisibility are
+    errors naming the key (under ``where``, e.g. ``architectures.vit``; else starting ``params.``/``family:``)."""
+    at = f"{where}." if where else ""
     if family not in FAMILIES:
-        raise ValueError(f"{where}.family: unknown architecture {family!r}; known: {sorted(FAMILIES)}")
+        raise ValueError(f"{at}family: unknown architecture {family!r}; known: {sorted(FAMILIES)}")
     known = FAMILIES[family].params
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"{where}.params: unknown parameter(s) {unknown} for {family!r}; known: {sorted(known)}")
+        raise ValueError(f"{at}params: unknown parameter(s) {unknown} for {family!r}; known: {sorted(known)}")
     for k, v in params.items():  # the default's type: an int where an int is expected (bool is not one)
         t = type(known[k])
         if not (isinstance(v, t) and (t is bool or not isinstance(v, bool)) or t is float and type(v) is int):
-            raise ValueError(f"{where}.params.{k}: expected {t.__name__}, got {v!r}")
+            raise ValueError(f"{at}params.{k}: expected {t.__name__}, got {v!r}")
+        if k in PARAM_RANGES:
+            lo, hi = PARAM_RANGES[k]
+            for i, x in enumerate(v if isinstance(v, list) else [v]):
+                kind = (int, float) if t is float else int
+                if not (isinstance(x, kind) and not isinstance(x, bool) and lo <= x <= hi):  # NaN fails lo <= x
+                    key = f"{k}[{i}]" if isinstance(v, list) else k
+                    raise ValueError(f"{at}params.{key}: {x!r} is not {'an integer' if kind is int else 'a number'}"
+                                     f" in [{lo}, {hi}]")
     if family == "custom":
-        _check_custom(params, f"{where}.params")
-    return {**known, **params}
+        _check_custom(params, f"{at}params")
+    p = {**known, **params}
+    if family == "vit" and (problem := heads_problem(p["hidden_dim"], p["heads"])):
+        raise ValueError(f"{at}params.heads: {problem}")
+    return p
 
 
 _DOTTED = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+# A layer name becomes a file name ({layer}.pt) and an HDF5 dataset name (/layers/<name>): no '/', not '.' or '..'.
+LAYER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.]{0,127}"
 
 
 def _check_custom(p: dict, where: str) -> None:
@@ -260,21 +300,96 @@ def _check_custom(p: dict, where: str) -> None:
     if not re.fullmatch(rf"{_DOTTED}(:{_DOTTED}|\.[A-Za-z_]\w*)", p.get("factory", "")):
         raise ValueError(f"{where}.factory: name the model's factory as 'package.module.function' or "
                          f"'package.module:function' (e.g. torchvision.models.resnet18), not {p.get('factory')!r}")
+    if (problem := factory_refusal(p["factory"])) is not None:
+        raise ValueError(f"{where}.factory: {problem}")
+    kwargs = p.get("kwargs", {})
+    if not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise ValueError(f"{where}.kwargs: keyword argument names must be Python identifiers, not "
+                         f"{[k for k in kwargs if not (isinstance(k, str) and k.isidentifier())]}")
     points = p.get("points", [])
     if not points or not all(isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", x)
                              for x in points) or len(set(points)) != len(points):
         raise ValueError(f"{where}.points: the module paths of the stitch points, once each in network order "
                          f"(e.g. [layer1, layer2, layer3, layer4]), not {points!r}")
     names = p.get("names", [])
-    if names and (len(names) != len(points) or len(set(names)) != len(names) or
-                  not all(isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_.]+", x) for x in names)):
-        raise ValueError(f"{where}.names: one distinct layer name (letters, digits, _ and .) per stitch point, "
-                         f"{len(points)} in all, or none to use the module paths; not {names!r}")
+    layer_names = names or points
+    if names and (len(names) != len(points) or len(set(names)) != len(names)) or \
+            not all(isinstance(x, str) and re.fullmatch(LAYER_NAME, x) for x in layer_names):
+        raise ValueError(f"{where}.{'names' if names else 'points'}: layer names are file and HDF5 names: one "
+                         "distinct name per stitch point of at most 128 letters, digits, _ and ., not starting with "
+                         f"'.'; {len(points)} in all (or no names, to use the module paths); not {layer_names!r}")
     try:  # the file itself is required by the workflow only (stitchlib.config)
         p.get("state_dict") and state_dict_file(p, 0, "digits")
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"{where}.state_dict: a path, optionally with {{seed}} and {{dataset}}, not "
                          f"{p.get('state_dict')!r} ({type(e).__name__}: {e})") from None
+
+
+def split_factory(factory: str) -> tuple[str, str]:
+    """(module, attribute) of a factory written ``package.module.attr`` or ``package.module:attr``."""
+    module, sep, attr = factory.partition(":")
+    return (module, attr) if sep else factory.rpartition(".")[::2]
+
+
+# Untrusted configs (README: Trust model): a network of your own may only name a factory under these modules.
+UNTRUSTED_ENV, ALLOWED_ENV = "STITCHLIB_UNTRUSTED", "STITCHLIB_ALLOWED_FACTORIES"
+DEFAULT_ALLOWED = ("torchvision.models",)
+
+
+def factory_allowlist() -> tuple[str, ...] | None:
+    """The modules factories are restricted to when configs are untrusted (``STITCHLIB_UNTRUSTED=1``; the list
+    from ``STITCHLIB_ALLOWED_FACTORIES``, comma-separated, default torchvision.models), else None."""
+    import os
+
+    if os.environ.get(UNTRUSTED_ENV, "") in ("", "0"):
+        return None
+    listed = [m.strip() for m in os.environ.get(ALLOWED_ENV, "").split(",") if m.strip()]
+    return tuple(listed) or DEFAULT_ALLOWED
+
+
+def factory_refusal(factory: str) -> str | None:
+    """Why ``factory`` may not run under the allow-list of untrusted configs, or why it cannot be imported (judged
+    from the files on ``sys.path``, importing nothing); None when it may be built."""
+    module, attr = split_factory(factory)
+    allowed = factory_allowlist()
+    if allowed is not None and not (any(module == m or module.startswith(m + ".") for m in allowed)
+                                    and not any(a.startswith("_") for a in f"{module}.{attr}".split("."))):
+        return (f"{factory} is not allowed: {UNTRUSTED_ENV} is set, so a factory must be a public callable under "
+                f"{', '.join(allowed)} (extend the list with {ALLOWED_ENV}=module,module)")
+    return module_problem(module)
+
+
+@cache  # the DAG build asks for every network's layers, each time checking its params
+def module_problem(module: str) -> str | None:
+    """Why ``module`` cannot be imported, found from the files on ``sys.path`` without importing anything;
+    None when it is there or only an import could tell (a module made at run time, inside an extension)."""
+    import difflib
+    import importlib.machinery
+    import importlib.util
+
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level name: found without importing it
+    if spec is None:
+        return (f"no module named {top!r} (factory module {module}); install it, or put the folder holding it on "
+                "PYTHONPATH")
+    dirs, found = spec.submodule_search_locations, top
+    for part in rest:
+        if not dirs:
+            return None  # a plain module: its attributes are only known by importing it
+        folders, suffixes = [Path(d) for d in dirs], importlib.machinery.all_suffixes()
+        package = [d / part for d in folders if any((d / part / f"__init__{x}").is_file() for x in suffixes)]
+        if package:  # the order the import system tries: a package, a module file, a namespace folder
+            dirs = [str(package[0])]
+        elif any((d / f"{part}{x}").is_file() for d in folders for x in suffixes):
+            dirs = None
+        elif any((d / part).is_dir() for d in folders):
+            dirs = [str(d / part) for d in folders if (d / part).is_dir()]
+        else:
+            names = {c.name.partition(".")[0] for d in folders if d.is_dir() for c in d.iterdir()}
+            similar = difflib.get_close_matches(part, sorted(n for n in names if not n.startswith("_")), 3)
+            return f"{found} has no module {part!r} (factory module {module}); similar: {similar}"
+        found += f".{part}"
+    return None
 
 
 def state_dict_file(params: dict, seed: int, dataset: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,8 +13,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list an activation file's layers, shapes, dtypes and provenance")
     p.add_argument("files", nargs="+")
-    p = sub.add_parser("check-config", help="validate a workflow config and print it with defaults filled in")
+    p = sub.add_parser("check-config", help="validate a workflow config and print it with defaults filled in",
+                       description="Validate a workflow config as the workflow does before any job, then build "
+                       "every network and OOD detector it names (torch: what the torch-free check cannot know, "
+                       "e.g. a custom factory's kwargs), and print the config with every default filled in.")
     p.add_argument("config")
+    p.add_argument("--untrusted", action="store_true",
+                   help="treat the config as untrusted (as STITCHLIB_UNTRUSTED=1): refuse YTE templates and "
+                        "factories outside the allow-list (README: Trust model)")
+    p.add_argument("--no-build", action="store_true", help="skip building the networks and detectors")
     p = sub.add_parser("plan", help="per rule: jobs, estimated peak memory per job, what it writes, total disk")
     p.add_argument("config")
     p.add_argument("--profile", help="a Snakemake profile folder whose set-resources mem_mb override the rules' own "
@@ -36,15 +45,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from stitchlib import config
+    from stitchlib import catalog, config
 
-    try:
-        if args.command == "plan":
+    if args.command == "plan":
+        try:
             return _plan(args)
-        print(yaml.safe_dump(config.load(args.config), sort_keys=False))
+        except config.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    if args.untrusted:
+        os.environ[catalog.UNTRUSTED_ENV] = "1"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", config.ConfigWarning)
+            cfg = config.load(args.config)
+            if not args.no_build:
+                from stitchlib import pipeline
+
+                pipeline.check_buildable(cfg)
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(yaml.safe_dump(cfg, sort_keys=False))
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import warnings
 from functools import lru_cache
 from itertools import permutations
 from pathlib import Path
@@ -20,12 +22,7 @@ import yaml
 from stitchlib import catalog
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
-DIGITS_TRAIN_SIZE, DIGITS_TEST_SIZE = 1400, 397  # stitchlib.data's fixed split of the 1,797 digits
-DIGITS_DATASETS = ("digits", "digits_attributes")  # the same images and split
-
-
-def _has_digits(cfg: dict[str, Any]) -> bool:
-    return any(d in cfg["datasets"] for d in DIGITS_DATASETS)
+DIGITS_TRAIN_SIZE, DIGITS_TEST_SIZE = catalog.dataset("digits").splits  # stitchlib.data's fixed split of 1,797
 
 
 # Paper 1: CKA on flattened C·H·W; PWCCA/OPD (and the CCA family) as its public code feeds them.
@@ -43,10 +40,21 @@ class ConfigError(ValueError):
     """A configuration problem; the message starts with the offending key path."""
 
 
+class ConfigWarning(UserWarning):
+    """A value that runs but makes results misleading (the rule is in the message); printed before any job."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ConfigWarning, stacklevel=3)
+
+
+INT_MAX = 2**31 - 1  # the largest integer a key accepts unless the schema states its own maximum
+
+
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     """config.schema.yaml with the registries' names filled into its enums (:data:`REGISTRY_ENUMS`)."""
-    out = yaml.safe_load(SCHEMA_PATH.read_text())
+    out = yaml.load(SCHEMA_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: fast
     for name, values in REGISTRY_ENUMS.items():
         out["$defs"][name]["enum"] = list(values)
     return out
@@ -54,6 +62,9 @@ def schema() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _validator():
+    """Draft 2020-12 with defaults filled in and strict types: an integer is an int (not 1.0, not true), a number
+    is finite, and an integer is at most INT_MAX where the schema states no maximum (so keys added later get
+    the same checks)."""
     import jsonschema
 
     schema_ = schema()
@@ -66,7 +77,25 @@ def _validator():
                     instance[key] = copy.deepcopy(sub["default"])
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
-    cls = jsonschema.validators.extend(base, {"properties": fill_defaults})
+    def strict_type(validator, types, instance, schema):
+        types = [types] if isinstance(types, str) else types
+        if isinstance(instance, float) and not math.isfinite(instance) and {"number", "integer"} & set(types):
+            yield jsonschema.ValidationError(f"{instance!r} is not a finite number")
+        elif isinstance(instance, float) and instance.is_integer() and "integer" in types and "number" not in types:
+            yield jsonschema.ValidationError(f"{instance!r} is not of type 'integer' (a float: write integers "
+                                             "without a decimal point or exponent)")
+        elif "integer" in types and validator.is_type(instance, "integer") and abs(instance) > INT_MAX and \
+                not {"maximum", "exclusiveMaximum"} & set(schema):
+            yield jsonschema.ValidationError(f"{instance} is larger than {INT_MAX}, the largest integer a key takes "
+                                             "unless the schema states its own maximum")
+        else:
+            yield from base.VALIDATORS["type"](validator, types, instance, schema)
+
+    checker = base.TYPE_CHECKER.redefine_many({
+        "integer": lambda c, x: isinstance(x, int) and not isinstance(x, bool),
+        "number": lambda c, x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)})
+    cls = jsonschema.validators.extend(base, {"properties": fill_defaults, "type": strict_type},
+                                       type_checker=checker)
     return cls(schema_)
 
 
@@ -77,14 +106,26 @@ def _path(parts) -> str:
     return out or "(top level)"
 
 
+def _message(e) -> str:
+    """A schema error's message; for oneOf/anyOf, what each alternative said (not only 'not valid under any')."""
+    if e.validator in ("oneOf", "anyOf") and e.context:
+        reasons: dict[int, list[str]] = {}
+        for sub in e.context:
+            reasons.setdefault(sub.relative_schema_path[0], []).append(_message(sub))
+        return f"{e.message}: " + "; or ".join(", ".join(r) for r in reasons.values())
+    return e.message
+
+
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Return a validated copy of ``cfg`` with every default filled in and keys in canonical order."""
+    """Return a validated copy of ``cfg`` with every default filled in and keys in canonical order.
+
+    Values that run but mislead (the rule in each message) are reported as :class:`ConfigWarning` warnings."""
     cfg = copy.deepcopy(cfg) if cfg is not None else {}
     # Defaults must be filled on a first pass before errors are meaningful (unevaluated props etc.).
     errors = sorted(_validator().iter_errors(cfg), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         e = errors[0]
-        raise ConfigError(f"config key {_path(e.absolute_path)}: {e.message}")
+        raise ConfigError(f"config key {_path(e.absolute_path)}: {_message(e)}")
     _check_semantics(cfg)
     return canonical(cfg)
 
@@ -99,14 +140,80 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
-def load(path: str | Path) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- config files
+
+YTE_KEY = "__use_yte__"  # Snakemake renders such a file with YTE templates, which run Python code
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) config file, as written: ConfigError with the line and column of a syntax
+    error or of a key given twice in one mapping (plain YAML loaders keep the last one silently), and for a file
+    that asks for YTE templates when configs are untrusted (README: Trust model)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e})") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml's when PyYAML has it: the parse is ms
+    try:
+        node = loader.get_single_node()
+        _no_duplicate_keys(node, path, [], set())
+        raw = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}"
+                          + (f" ({e.context} on line {e.context_mark.line + 1})" if e.context and e.problem
+                             and e.context_mark else "")) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(raw).__name__}")
+    if raw.get(YTE_KEY) and catalog.factory_allowlist() is not None:
+        raise ConfigError(f"{YTE_KEY}: {path} asks Snakemake to render YTE templates, which run Python code; "
+                          f"refused because {catalog.UNTRUSTED_ENV} is set (README: Trust model)")
+    return raw
+
+
+def _no_duplicate_keys(node, path: Path, keys: list, seen_nodes: set) -> None:
+    if node is None or id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], Any] = {}
+        for k, v in node.value:
+            if k.tag == "tag:yaml.org,2002:merge":
+                continue
+            ident = (k.tag, k.value) if isinstance(k, yaml.ScalarNode) else (k.tag, id(k))
+            if ident in first:
+                m = k.start_mark
+                raise ConfigError(f"{path}:{m.line + 1}:{m.column + 1}: config key {_path([*keys, k.value])} is "
+                                  f"given twice (first on line {first[ident].line + 1}); YAML would silently keep "
+                                  "only the second: remove or merge one")
+            first[ident] = k.start_mark
+            _no_duplicate_keys(v, path, [*keys, k.value], seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _no_duplicate_keys(v, path, [*keys, i], seen_nodes)
+
+
+def check_config_files(paths) -> None:
+    """Check the raw config files Snakemake reads (``--configfile``, or the default): their YAML, duplicated keys,
+    and YTE under untrusted configs. The Snakefile calls it before the config is used."""
+    for p in paths:
+        read_yaml(p)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a config file as the workflow would (YTE templates rendered as Snakemake renders them,
+    unless configs are untrusted)."""
+    raw = read_yaml(path)
+    if raw.get(YTE_KEY):
+        import yte
+
+        raw = yte.process_yaml(Path(path).read_text(encoding="utf-8"), require_use_yte=True)
     return validate(raw)
 
 
@@ -142,21 +249,18 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
             if size < least:
                 raise ConfigError(f"datasets.{ds}.image_size: {a['family']} ({where}) needs images of at least "
                                   f"{least} px, and dataset {ds!r} has {size}; set datasets.{ds}.image_size")
-        if a["family"] == "custom":
-            _check_custom(cfg, arch)
-    _check_cache(cfg)
-    k = cfg["dm"]["samples"]
-    if k != "all" and _has_digits(cfg) and k > DIGITS_TRAIN_SIZE:
-        raise ConfigError(f"dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
+    _check_samples(cfg, "dm.samples", cfg["dm"]["samples"], "train")
+    _check_samples(cfg, "similarity.samples", cfg["similarity"]["samples"], "test")
     n = cfg["similarity"]["samples"]
-    if n != "all" and _has_digits(cfg) and n > DIGITS_TEST_SIZE:
-        raise ConfigError(f"similarity.samples: {n} is larger than the digits test split ({DIGITS_TEST_SIZE})")
+    if n != "all" and n < 100 and cfg["similarity"]["measures"]:
+        _warn(f"similarity.samples: {n} test images make the indices biased towards 1 (rule: at least 100; linear "
+              "CKA of two unrelated 256-wide random representations is 0.72 at 100 images, 0.97 at 10); paper 1 "
+              "uses 1,000")
     cfg["similarity"]["reshape"] = {**DEFAULT_RESHAPE, **cfg["similarity"]["reshape"]}
-    o = cfg["ood"]
-    if o["enabled"] and o["outliers"]["source"] == "npy":
-        if not o["outliers"]["path"] or not Path(o["outliers"]["path"]).is_file():
-            raise ConfigError(f"ood.outliers.path: {o['outliers']['path']!r} is not a file; source npy needs the "
-                              "300K Random Images .npy (N, 32, 32, 3) uint8")
+    _check_results(cfg["results"])
+    _check_training(cfg)
+    if cfg["ood"]["enabled"]:
+        _check_ood(cfg["ood"])
     for i, arch in enumerate(cfg["stitching"]["architectures"] or []):
         if arch not in cfg["architectures"]:
             raise ConfigError(f"stitching.architectures[{i}]: {arch!r} is not under architectures; "
@@ -174,30 +278,156 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
     _check_tasks(cfg)
     _check_cross(cfg)
     _check_frankenstein(cfg)
+    _check_cache(cfg)
+    for arch, a in cfg["architectures"].items():
+        if a["family"] == "custom":
+            _check_custom(cfg, arch)
+
+
+def _check_samples(cfg: dict[str, Any], key: str, k: int | str, split: str) -> None:
+    """A sample count is no larger than the split it is drawn from, in every dataset of the run."""
+    for ds in cfg["datasets"]:
+        size = catalog.dataset(ds).splits[split == "test"]
+        if k != "all" and size and k > size:
+            name = {"train": "training", "test": "test"}[split]
+            raise ConfigError(f"{key}: {'K = ' if key.endswith('dm.samples') else ''}{k} is larger than the {ds} "
+                              f"{name} split ({size})")
+
+
+def _check_results(results: str) -> None:
+    """``results`` is a folder (or can become one) and, for untrusted configs, stays below the working directory."""
+    path = Path(results)
+    for p in [path, *path.parents]:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"results: {results!r} must be a folder, but {p} is a file")
+    if catalog.factory_allowlist() is not None and (path.is_absolute() or ".." in path.parts):
+        raise ConfigError(f"results: {results!r} leaves the working directory; refused because "
+                          f"{catalog.UNTRUSTED_ENV} is set (README: Trust model)")
+
+
+def _check_training(cfg: dict[str, Any]) -> None:
+    """Schedules that cannot do what they say: warned, with the rule."""
+    runs = [(f"architectures.{a}.train", train_settings(cfg, a)) for a in cfg["architectures"]]
+    runs += [("tlm", cfg["tlm"])]
+    for where, t in runs:
+        if not t:
+            continue  # a network of your own is imported, not trained
+        if t["epochs"] == 0:
+            _warn(f"{where}.epochs: 0 epochs train nothing (" + ("TLM results equal DM's)" if where == "tlm" else
+                                                                 "the networks stay at their random initialisation)"))
+        elif t["warmup_epochs"] >= t["epochs"]:
+            _warn(f"{where}.warmup_epochs: {t['warmup_epochs']} warm-up epochs of {t['epochs']}: the learning rate "
+                  "never reaches its configured value (rule: warmup_epochs < epochs)")
+        late = [m for m in t.get("milestones", []) if m >= t["epochs"]]
+        if t["schedule"] == "multistep" and late:
+            _warn(f"{where}.milestones: {late} are not below epochs = {t['epochs']}; the lr never drops there")
+
+
+def _check_ood(o: dict[str, Any]) -> None:
+    """The detectors' energy margins and attention heads, and the outlier .npy (its header only)."""
+    fin = {**catalog.DETECTOR_TRAINING["finetune"], **o["finetune"]}
+    if not fin["m_in"] < fin["m_out"]:
+        raise ConfigError(f"ood.finetune.m_in: m_in = {fin['m_in']} must be below m_out = {fin['m_out']}: fine-tuning "
+                          "pushes in-distribution energies below m_in and outlier energies above m_out (paper 1, Liu "
+                          "et al.: −25 and −7)")
+    tokens = {**catalog.DETECTOR_SIZE["tokens"], **o["detector"]["tokens"]}
+    if problem := catalog.heads_problem(tokens["hidden_dim"], tokens["heads"]):
+        raise ConfigError(f"ood.detector.tokens.heads: {problem}")
+    if o["outliers"]["source"] == "npy":
+        _check_outliers_npy(o["outliers"])
+
+
+def _check_outliers_npy(out: dict[str, Any]) -> None:
+    """300K Random Images: a .npy of (N, H, W, 3) uint8 images, read from its header only."""
+    path, where = out["path"], "ood.outliers.path"
+    if not path or not Path(path).is_file():
+        raise ConfigError(f"{where}: {path!r} is not a file; source npy needs the 300K Random Images .npy "
+                          "(N, 32, 32, 3) uint8")
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            data = f.tell()
+    except (ValueError, OSError, SyntaxError) as e:
+        raise ConfigError(f"{where}: {path} is not a .npy array file ({e})") from None
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or shape[1] != shape[2]:
+        raise ConfigError(f"{where}: {path} holds a {dtype} array of shape {shape}; outlier images must be uint8 "
+                          "of shape (N, H, W, 3), H = W (300K Random Images: (300000, 32, 32, 3))")
+    if (size := Path(path).stat().st_size) != data + math.prod(shape):
+        raise ConfigError(f"{where}: {path} is {size} bytes, but its header promises {data + math.prod(shape)} "
+                          f"(shape {shape}): truncated (an interrupted download?)")
+    if shape[0] < out["n"]:
+        _warn(f"ood.outliers.n: {out['n']} outlier images asked for, but {path} holds {shape[0]}; all of them are "
+              "used")
+
+
+def network_seeds(cfg: dict[str, Any], arch: str) -> list[int]:
+    """Every seed the workflow builds a network of ``arch`` with: paper 1's, paper 3's and paper 2's studies."""
+    seeds = set(cfg["seeds"]) if arch in matrix_architectures(cfg) else set()
+    c, f = cfg["cross"], cfg["frankenstein"]
+    if arch in [*c["architectures"], *(c["conv_vit"] or [])]:
+        seeds.add(c["seed"])
+    if f["enabled"] and arch in [*f["architectures"], *f["widths"], f["network"], f["cka_penalty"]["architecture"]]:
+        seeds.update(f["seeds"])
+    return sorted(seeds)
 
 
 def _check_custom(cfg: dict[str, Any], arch: str) -> None:
-    """A network of your own: its factory's top-level package is findable and every state-dict file its networks
-    import exists (a stat each; importing the factory needs torch and happens in the jobs)."""
-    import importlib.util
-
+    """A network of your own: one state-dict file per network, each a file torch.save wrote (a stat and a look at
+    its first bytes each; importing the factory needs torch and happens in check-config and the jobs)."""
     p, where = cfg["architectures"][arch]["params"], f"architectures.{arch}.params"
-    top = p["factory"].partition(":")[0].partition(".")[0]
-    if importlib.util.find_spec(top) is None:
-        raise ConfigError(f"{where}.factory: no module named {top!r} (factory {p['factory']}); install it, or put "
-                          "the folder holding it on PYTHONPATH")
     if not p["state_dict"]:
         raise ConfigError(f"{where}.state_dict: required: the file each network's weights are imported from, "
                           "with {seed} (and {dataset}) filled in per network, e.g. nets/mine-s{seed}.pt")
-    seeds = cfg["seeds"] if arch in matrix_architectures(cfg) else []
-    seeds = sorted({*seeds, *([cfg["cross"]["seed"]] if arch in (cfg["cross"]["conv_vit"] or []) else [])})
-    for ds in cfg["datasets"]:
-        for seed in seeds:
-            path = Path(catalog.state_dict_file(p, seed, ds))
-            if not path.is_file():
-                problem = "is not a file" if path.exists() else "does not exist"
-                raise ConfigError(f"{where}.state_dict: {path} {problem} (seed {seed}, dataset {ds}); save each "
-                                  "network's weights with torch.save(model.state_dict(), path)")
+    nets = [(seed, ds) for ds in cfg["datasets"] for seed in network_seeds(cfg, arch)]
+    for field, values in (("seed", {s for s, _ in nets}), ("dataset", {d for _, d in nets})):
+        if len(values) > 1 and f"{{{field}}}" not in p["state_dict"]:
+            raise ConfigError(f"{where}.state_dict: {p['state_dict']!r} has no {{{field}}}, so the networks of "
+                              f"{field}s {sorted(values)} would all import the same weights (an 'inter' comparison "
+                              f"would compare a network with itself); write e.g. nets/{arch}-s{{seed}}.pt")
+    files: dict[tuple, tuple[int, str]] = {}
+    for seed, ds in nets:
+        path = Path(catalog.state_dict_file(p, seed, ds))
+        if not path.is_file():
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"{where}.state_dict: {path} {problem} (seed {seed}, dataset {ds}); save each "
+                              "network's weights with torch.save(model.state_dict(), path)")
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in files:
+            other = files[(st.st_dev, st.st_ino)]
+            raise ConfigError(f"{where}.state_dict: {path} (seed {seed}, dataset {ds}) is the same file as that of "
+                              f"seed {other[0]}, dataset {other[1]}: each network needs its own weights")
+        files[(st.st_dev, st.st_ino)] = (seed, ds)
+        if problem := _torch_file_problem(path):
+            raise ConfigError(f"{where}.state_dict: {path} {problem}; save each network's weights with "
+                              "torch.save(model.state_dict(), path)")
+
+
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickle of torch's pre-1.6 magic number
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a file torch.save wrote (a zip archive holding <name>/data.pkl, or the legacy
+    format), judged from its first bytes and its zip directory; None when it is one."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(len(TORCH_LEGACY_MAGIC))
+    if head == TORCH_LEGACY_MAGIC:
+        return None
+    if not zipfile.is_zipfile(path):
+        return f"is not a PyTorch file (it starts with {head[:8]!r}, not a zip archive)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"is not a readable PyTorch file ({e})"
+    if not any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names):
+        return f"is a zip archive without the data.pkl of torch.save (it holds {names[:3]})"
+    return None
 
 
 def _check_tasks(cfg: dict[str, Any]) -> None:
@@ -227,9 +457,7 @@ def _check_cross(cfg: dict[str, Any]) -> None:
                               "block-input grid needs family resnet (its stem output is a stitch point)")
     if c["conv_vit"] and sorted(archs[a]["family"] == "vit" for a in c["conv_vit"]) != [False, True]:
         raise ConfigError(f"cross.conv_vit: name one conv network and one vit, not {c['conv_vit']}")
-    k = cross_dm_settings(cfg)["samples"]
-    if k != "all" and _has_digits(cfg) and k > DIGITS_TRAIN_SIZE:
-        raise ConfigError(f"cross.dm.samples: K = {k} is larger than the digits training split ({DIGITS_TRAIN_SIZE})")
+    _check_samples(cfg, "cross.dm.samples", cross_dm_settings(cfg)["samples"], "train")
 
 
 # ----------------------------------------------------------------------------- the cache policy
@@ -261,7 +489,7 @@ def train_cache_bytes(cfg: dict[str, Any], arch: str, dataset: str) -> int | Non
     if shapes is None:
         return None
     per_image = sum(math.prod(shapes[name][0]) for name in layers(cfg, arch))
-    return catalog.dataset(dataset).train_size * per_image * (2 if cfg["extract"]["dtype"] == "float16" else 4)
+    return catalog.dataset(dataset).splits[0] * per_image * (2 if cfg["extract"]["dtype"] == "float16" else 4)
 
 
 def front_policy(cfg: dict[str, Any], consumer: str) -> str:
@@ -299,8 +527,7 @@ def _check_cache(cfg: dict[str, Any]) -> None:
     test, n = cfg["cache"]["test"]["samples"], cfg["similarity"]["samples"]
     if test != "all" and n != "all" and n > test:
         raise ConfigError(f"similarity.samples: {n} test images, but cache.test.samples caches only {test}")
-    if test != "all" and _has_digits(cfg) and test > DIGITS_TEST_SIZE:
-        raise ConfigError(f"cache.test.samples: {test} is larger than the digits test split ({DIGITS_TEST_SIZE})")
+    _check_samples(cfg, "cache.test.samples", test, "test")
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -488,7 +715,4 @@ def _check_frankenstein(cfg: dict[str, Any]) -> None:
             if layer not in layers(cfg, arch):
                 raise ConfigError(f"frankenstein.{key}: {arch} has no stitch point {layer!r}; stitch points: "
                                   f"{layers(cfg, arch)}")
-    k = r["dm"]["samples"]
-    if k != "all" and _has_digits(cfg) and k > DIGITS_TRAIN_SIZE:
-        raise ConfigError(f"frankenstein.dm.samples: K = {k} is larger than the digits training split "
-                          f"({DIGITS_TRAIN_SIZE})")
+    _check_samples(cfg, "frankenstein.dm.samples", r["dm"]["samples"], "train")

@@ -87,7 +87,7 @@ def _net(cfg: dict[str, Any], arch: str, dataset: str) -> Net | None:
         else 3 * size * size * F32  # uint8 pixels (data.Images) or float32 (the digits)
     return Net(arch, dataset, a["family"], {n: every[n] for n in sconf.layers(cfg, arch)}, every,
                catalog.param_count(a["family"], a["params"], facts.num_classes, size), facts.num_classes, size,
-               facts.train_size, facts.test_size if test == "all" else min(test, facts.test_size), image,
+               facts.splits[0], facts.splits[1] if test == "all" else min(test, facts.splits[1]), image,
                p.get("mlp_dim", 0), p.get("heads", 0))
 
 

@@ -24,13 +24,16 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import inspect
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from stitchlib import io
+from stitchlib import catalog, io
 from stitchlib.stitchable import Stitchable
 
 LAYOUTS = {4: "conv", 3: "tokens"}  # activation rank → layout
@@ -46,10 +49,12 @@ class _Captured(BaseException):
 
 
 def resolve_factory(factory: str) -> Callable[..., nn.Module]:
-    """The callable named ``package.module.attr`` or ``package.module:attr`` (``attr`` may be dotted)."""
-    module, sep, attr = factory.partition(":")
-    if not sep:
-        module, _, attr = factory.rpartition(".")
+    """The callable named ``package.module.attr`` or ``package.module:attr`` (``attr`` may be dotted), checked before
+    it is called: under the allow-list of untrusted configs (README: Trust model); a class must be an ``nn.Module``;
+    a built-in function (``os.system``) is refused; a declared return type must be an ``nn.Module``."""
+    if (refused := catalog.factory_refusal(factory)) is not None and catalog.factory_allowlist() is not None:
+        raise ValueError(f"params.factory: {refused}")
+    module, attr = catalog.split_factory(factory)
     try:
         obj: Any = importlib.import_module(module)
     except ImportError as e:
@@ -63,6 +68,22 @@ def resolve_factory(factory: str) -> Callable[..., nn.Module]:
         obj = getattr(obj, name)
     if not callable(obj):
         raise ValueError(f"params.factory: {factory} is not callable")
+    if isinstance(obj, type):
+        declared = obj
+    elif inspect.isbuiltin(obj) or not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+        raise ValueError(f"params.factory: {factory} is a {type(obj).__name__}, not a Python function or an "
+                         "nn.Module class: it cannot build a network")
+    else:
+        try:
+            declared = typing.get_type_hints(obj).get("return")
+        except Exception:  # noqa: BLE001 - an unresolvable annotation says nothing either way
+            declared = None
+    origin = typing.get_origin(declared)  # List[str] → list; a Union says nothing the call will not tell
+    declared = None if origin in (typing.Union, types.UnionType) else origin or declared
+    if isinstance(declared, type) and not issubclass(declared, nn.Module):
+        raise ValueError(f"params.factory: {factory} " + (f"is the class {declared.__name__}, not a torch.nn.Module"
+                                                           if declared is obj else f"is declared to return "
+                                                           f"{declared.__name__}, not a torch.nn.Module"))
     return obj
 
 
@@ -90,7 +111,12 @@ class HookedNetwork(Stitchable):
     @classmethod
     def build(cls, factory: str, kwargs: dict[str, Any], points: list[str], input_shape: tuple[int, ...],
               num_classes: int | None = None, names: list[str] | None = None) -> HookedNetwork:
-        model = resolve_factory(factory)(**kwargs)
+        make = resolve_factory(factory)
+        try:
+            model = make(**kwargs)
+        except Exception as e:  # a typo in kwargs, sizes the network refuses: the key, not a traceback
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise ValueError(f"params.kwargs: {factory}(**{kwargs}) failed: {type(e).__name__}: {first}") from e
         if not isinstance(model, nn.Module):
             raise ValueError(f"params.factory: {factory}(**kwargs) returned a {type(model).__name__}, not a "
                              "torch.nn.Module")
@@ -231,7 +257,7 @@ def load_weights(net: HookedNetwork, path: str, where: str) -> None:
     """Load the state dict at ``path`` (``weights_only=True``) into ``net``'s model; an error names ``where`` (the
     config key) and says which keys or shapes do not fit."""
     try:
-        net.model.load_state_dict(io.load_state_dict(path))
+        net.model.load_state_dict(io.load_state_dict(path, artifact=False))  # a file of your own: no record
     except RuntimeError as e:
         raise ValueError(f"{where}.state_dict: {path} does not fit {net.name}(**{net.kwargs}): "
                          f"{str(e).strip()[:2000]}") from None

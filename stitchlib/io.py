@@ -37,11 +37,13 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,14 +87,15 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, checksum: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
 
     The temporary file is ``.<name>.<random>.tmp`` in the destination folder (same file system, so
     ``os.replace`` is atomic). It gets the permissions a plainly created file would (``0666 & ~umask``,
     not mkstemp's owner-only 0600), so collaborators sharing a results folder can read it. After a
     successful move, temporary files left at the same path by earlier killed writers are removed
-    (only one job writes a given output at a time: Snakemake's contract).
+    (only one job writes a given output at a time: Snakemake's contract). ``checksum``: record the finished
+    file's size and sha256 in :func:`checksum_path` before the move (see :func:`verify`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +105,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if checksum:
+            _record(tmp, path)
         os.replace(tmp, path)
         for stale in temp_files_of(path):
             stale.unlink(missing_ok=True)
@@ -110,8 +115,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_path(path) as tmp:
+    """Write JSON atomically, its checksum recorded (jobs read metrics and detector specs back: :func:`read_json`)."""
+    with atomic_path(path, checksum=True) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON artifact, verified (:func:`verify`); a broken one is an error naming the file."""
+    verify(path)
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun the job that wrote it") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -147,6 +162,75 @@ def sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------- integrity
+
+CHECKSUM_SUFFIX = ".sha256"
+_JOB = {"writer": "a stitchlib call outside the workflow", "hash_limit": 1024 << 20}
+_VERIFIED: set[tuple[int, int, int, int]] = set()
+
+
+class IntegrityError(ValueError):
+    """An artifact is not what its writer recorded: corrupt, truncated, or replaced since."""
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where the size and sha256 of artifact ``path`` are recorded: the hidden ``.<name>.sha256`` beside it, in
+    ``sha256sum`` format (``cd`` to its folder and ``sha256sum -c .<name>.sha256`` checks it by hand)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{CHECKSUM_SUFFIX}")
+
+
+def set_job(writer: str, hash_limit_mb: int | None = None) -> None:
+    """Name the job that writes artifacts from now on (recorded beside each), and the size up to which an artifact
+    read is hashed in full (config ``integrity.hash_limit_mb``; larger ones are checked by size only). Workflow jobs
+    call it first (workflow_scripts/_runner.py)."""
+    _JOB["writer"] = writer
+    if hash_limit_mb is not None:
+        _JOB["hash_limit"] = hash_limit_mb << 20
+
+
+def _record(tmp: Path, path: Path) -> None:
+    """Record the finished temporary file ``tmp``'s size and sha256 as those of ``path``, before it moves there:
+    a killed job leaves at most a record without its file, never a file without its record."""
+    meta = {"bytes": tmp.stat().st_size, "written_by": _JOB["writer"],
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with atomic_path(checksum_path(path)) as side:
+        side.write_text(f"{sha256(tmp)}  {path.name}\n# {json.dumps(meta)}\n")
+
+
+def verify(path: str | os.PathLike) -> None:
+    """Check artifact ``path`` against the size and sha256 recorded when it was written, once per file per process
+    (the same file opened again is not re-hashed): the sha256 of files up to the hash limit (:func:`set_job`),
+    the size of larger ones. Raises :class:`IntegrityError` naming the file, the job that wrote it and the command
+    that recomputes it. A file without a record (written before stitchlib recorded them) is logged, not refused."""
+    path = Path(path)
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    side = checksum_path(path)
+    try:
+        first, _, rest = side.read_text().partition("\n")
+        digest, meta = first.split()[0], json.loads(rest.removeprefix("# ").strip() or "{}")
+    except FileNotFoundError:
+        logging.getLogger(__name__).warning("%s: no recorded checksum (%s); not verified", path, side.name)
+        _VERIFIED.add(key)
+        return
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{path}: its checksum record {side} is unreadable ({e}); recompute the file: "
+                             f"snakemake --cores N --forcerun {path} (or delete both and rerun)") from None
+    problem = None
+    if meta.get("bytes") is not None and meta["bytes"] != st.st_size:
+        problem = f"it has {st.st_size} bytes, {meta['bytes']} were written"
+    elif st.st_size <= _JOB["hash_limit"] and (found := sha256(path)) != digest:
+        problem = f"its sha256 is {found[:16]}…, {digest[:16]}… was written"
+    if problem:
+        raise IntegrityError(f"{path} changed after {meta.get('written_by', 'its job')} wrote it ({problem}): the "
+                             "file is corrupt or was replaced. Recompute it and everything that depends on it: "
+                             f"snakemake --cores N --forcerun {path} (or delete it and rerun snakemake)")
+    _VERIFIED.add(key)
+
+
 def provenance() -> dict[str, str]:
     """Versions and git commit of the code that produced an artifact."""
     import torch
@@ -178,7 +262,7 @@ def save_state_dict(path: str | os.PathLike, state: dict) -> None:
     """
     import torch
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, checksum=True) as tmp:
         torch.save(state, tmp)
         back = _load(tmp, Path(path))
         if _keys(back) != _keys(state):
@@ -191,34 +275,46 @@ def _keys(d: Any, prefix: str = "") -> set[str]:
     return {k for name, v in d.items() for k in _keys(v, f"{prefix}/{name}")}
 
 
-def _load(path: Path, name: Path) -> dict:
+REDO = "delete it and rerun the job that wrote it"
+USERS = "save your network's weights with torch.save(model.state_dict(), path)"  # advice for a file of your own
+
+
+def _load(path: Path, name: Path, advice: str = REDO) -> dict:
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip / EOF / unpickling errors: truncated, foreign, or pickled code
         refused = re.search(r"Unsupported (?:global|class):? (GLOBAL )?([\w.]+)", str(e))
         if isinstance(e, pickle.UnpicklingError) and refused:
             raise ValueError(f"checkpoint {name} is refused: it holds pickled objects other than tensors and plain "
                              f"containers ({refused.group(2)}), which weights_only=True will not execute; stitchlib "
-                             "never writes such files (do not load it unless you trust its source)") from e
+                             "never writes such files (do not load it unless you trust its source"
+                             + ("; a whole pickled model is not a state dict: " + advice if advice == USERS else "")
+                             + ")") from e
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), "unexpected end of file")
-        raise ValueError(f"checkpoint {name} is truncated or corrupt ({type(e).__name__}: {first}); delete it and "
-                         "rerun the job that wrote it") from e
+        raise ValueError(f"checkpoint {name} is truncated or corrupt ({type(e).__name__}: {first}); {advice}") from e
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {name} holds a {type(state).__name__}, not a state dict (a mapping of names to "
+                         f"tensors); {advice}")
+    return state
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
+def load_state_dict(path: str | os.PathLike, artifact: bool = True) -> dict:
     """Load a tensor dict with ``weights_only=True``: arbitrary pickled objects are refused.
 
     Raises FileNotFoundError when ``path`` is missing and ValueError naming the file when it is truncated,
-    not a torch file, or holds anything but tensors and plain containers.
+    not a torch file, or holds anything but tensors and plain containers. ``artifact``: a file stitchlib wrote,
+    checked against its recorded checksum first (:func:`verify`); False for a file of your own (none recorded).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return _load(path, path)
+    if artifact:
+        verify(path)
+    return _load(path, path, REDO if artifact else USERS)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -232,7 +328,7 @@ class ActivationWriter:
     def __init__(self, path: str | os.PathLike, n: int, attrs: dict[str, Any], chunk: int = 256,
                  dtype: str = "float32"):
         self.path, self.n, self.attrs, self.chunk, self.dtype = Path(path), n, attrs, chunk, dtype
-        self._ctx = atomic_path(self.path)
+        self._ctx = atomic_path(self.path, checksum=True)
         self._tmp = self._ctx.__enter__()
         self.f = h5py.File(self._tmp, "w")
         self.f.create_group("layers", track_order=True)  # iterate layers in network order
@@ -292,6 +388,7 @@ def open_activations(path: str | os.PathLike) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"activation file {path} does not exist")
+    verify(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -38,16 +38,10 @@ log = logging.getLogger(__name__)
 
 Array = torch.Tensor | np.ndarray
 
-#: Detector sizes per layout: paper 1's (ResNet-18 at 32×32, ViT-Ti); configs pass smaller ones for the digits.
+#: Detector sizes per layout and training defaults (stage 1 pretrain, stage 2 finetune): facts of stitchlib.catalog,
+#: where the torch-free config check reads them too.
 DEFAULT_SIZE: dict[str, dict[str, Any]] = catalog.DETECTOR_SIZE
-
-#: Training defaults: stage 1 (pretrain, cross-entropy) and stage 2 (finetune, outlier exposure).
-DEFAULT_CFG: dict[str, dict[str, Any]] = {
-    "pretrain": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 128,
-                 "schedule": "constant"},
-    "finetune": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "epochs": 10, "batch_size": 256,
-                 "schedule": "cosine", "m_in": -25.0, "m_out": -7.0, "energy_weight": 0.1},
-}
+DEFAULT_CFG: dict[str, dict[str, Any]] = catalog.DETECTOR_TRAINING
 
 
 # ----------------------------------------------------------------------------- detectors

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from stitchlib import catalog, data, hooked, io, models, ood, tasks
+from stitchlib import config as sconf
 from stitchlib import similarity as sim
 from stitchlib.footprint import INDEX_STATS_BYTES
 from stitchlib.progress import Progress
@@ -33,8 +34,8 @@ def build_network(spec: dict[str, Any]) -> models.Stitchable:
     try:
         return models.build(spec["family"], num_classes=spec["num_classes"], image_size=spec["image_size"],
                             **spec["params"])
-    except ValueError as e:  # a network of your own: its errors start with the key under params (stitchlib.hooked)
-        if spec["family"] == "custom" and str(e).startswith("params"):
+    except ValueError as e:  # errors start with the key under the architecture (catalog, stitchlib.hooked)
+        if str(e).startswith(("params", "family")):
             raise ValueError(f"architectures.{spec['arch']}.{e}") from None
         raise
 
@@ -59,6 +60,35 @@ def check_activations(spec: dict[str, Any], *paths: str) -> None:
     the shapes the network produces (the error names the file, the layer and both shapes)."""
     for path in paths:
         io.check_layer_shapes(path, expected_shapes(spec))
+
+
+def check_buildable(cfg: dict[str, Any]) -> None:
+    """What the torch-free config check cannot know, found by building (``stitchlib check-config``): every
+    network of the config for every dataset, with one forward pass, a network of your own with each of its
+    state dicts loaded, and the OOD detector of every layer. Raises ``config.ConfigError`` naming the key."""
+    for ds in cfg["datasets"]:
+        for arch, a in cfg["architectures"].items():
+            where, seeds = f"architectures.{arch}", sconf.network_seeds(cfg, arch)
+            if not seeds:
+                continue  # no study uses it
+            spec = sconf.network_spec(cfg, ds, sconf.network_id(arch, seeds[0]))
+            try:
+                net, shapes = build_network(spec), expected_shapes(spec)
+                for seed in seeds if a["family"] == "custom" else []:
+                    hooked.load_weights(net, catalog.state_dict_file(a["params"], seed, ds), f"{where}.params")
+            except ValueError as e:
+                raise sconf.ConfigError(str(e) if str(e).startswith(where) else f"{where}.{e}") from None
+            except Exception as e:  # noqa: BLE001 - a failure the catalog facts do not foresee: name the network
+                raise sconf.ConfigError(f"{where}: building it for dataset {ds} (image size {spec['image_size']}) "
+                                        f"failed: {type(e).__name__}: {e}") from None
+            if not (cfg["ood"]["enabled"] and arch in sconf.matrix_architectures(cfg)):
+                continue
+            for layer, shape in shapes.items():
+                try:
+                    ood.build_detector(net.layout, shape, spec["num_classes"], **cfg["ood"]["detector"][net.layout])
+                except Exception as e:  # noqa: BLE001
+                    raise sconf.ConfigError(f"ood.detector.{net.layout}: the detector of {arch} layer {layer} "
+                                            f"{shape} cannot be built: {type(e).__name__}: {e}") from None
 
 
 def load_network(spec: dict[str, Any], ckpt: str | Path, device: torch.device) -> models.Stitchable:
@@ -599,9 +629,12 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
 
 
 def load_detector(pt: str, spec_json: str, device: torch.device):
-    """A trained detector from its state dict and the JSON that describes it (both written by train_detector)."""
-    spec = json.loads(Path(spec_json).read_text())["detector"]
-    return models.fold_batchnorm(ood.load_detector(spec, io.load_state_dict(pt)).to(device))  # frozen: BN folded
+    """A trained detector from its weights ``pt`` and its spec ``spec_json`` (both written by train_detector)."""
+    spec = io.read_json(spec_json)
+    if not isinstance(spec, dict) or "detector" not in spec:
+        raise ValueError(f"{spec_json} is not a detector spec (no 'detector' key); delete it and rerun the job that "
+                         "wrote it")
+    return models.fold_batchnorm(ood.load_detector(spec["detector"], io.load_state_dict(pt)).to(device))  # BN folded
 
 
 @torch.no_grad()

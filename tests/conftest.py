@@ -36,6 +36,7 @@ RELIABILITY = {  # marker -> what a passing test of it shows (tests/test_reliabi
     "malformed_config": "malformed configs rejected with the key path",
     "corrupt_input": "corrupt or odd inputs refused or given a documented value",
     "fault_injection": "SIGKILLs survived (resumed to identical tables)",
+    "code_refused": "configs that would run code refused before it runs",
 }
 
 

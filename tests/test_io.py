@@ -54,6 +54,9 @@ def test_interrupted_or_foreign_files_are_refused(tmp_path):
     t = tmp_path / "trunc.h5"
     _write(t)
     t.write_bytes(t.read_bytes()[:500])
+    with pytest.raises(io.IntegrityError, match=r"trunc.h5 changed after .* \(it has 500 bytes, \d+ were written\)"):
+        io.open_activations(t)
+    io.checksum_path(t).unlink()  # a file from before checksums were recorded: HDF5 itself refuses it
     with pytest.raises(ValueError, match="not a readable HDF5 file"):
         io.open_activations(t)
 
@@ -63,6 +66,7 @@ def test_nonfinite_activations_are_named(tmp_path):
     _write(p)
     with h5py.File(p, "a") as f:
         f["layers/b"][0, 0, 0, 0] = np.nan
+    io.checksum_path(p).unlink()  # as if a diverged network had written it (else: changed since it was written)
     with pytest.raises(ValueError, match="layer 'b' contains NaN"):
         io.read_layer(p, "b")
 
@@ -81,6 +85,9 @@ def test_checkpoints_refuse_pickled_code(tmp_path):
     with pytest.raises(ValueError, match="evil.pt is refused"):
         io.load_state_dict(bad)
     good.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(io.IntegrityError, match="good.pt changed after"):
+        io.load_state_dict(good)
+    io.checksum_path(good).unlink()
     with pytest.raises(ValueError, match="good.pt is truncated or corrupt"):
         io.load_state_dict(good)
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from stitchlib import catalog, data, io, pipeline
+from stitchlib import catalog, data, hooked, io, pipeline
 from stitchlib import config as sconf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,10 @@ def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path, cut):
     io.save_state_dict(p, {"conv.weight": torch.randn(16, 3, 3, 3), "fc.bias": torch.zeros(10)})
     b = p.read_bytes()
     p.write_bytes({"empty": b"", "half": b[:len(b) // 2], "last_bytes": b[:-10], "not_torch": b"key,value\n1,2\n"}[cut])
+    name = re.escape(str(p))
+    with pytest.raises(io.IntegrityError, match=rf"{name} changed after .* --forcerun {name}"):
+        io.load_state_dict(p)  # its recorded size and sha256 differ
+    io.checksum_path(p).unlink()  # without a record (older files), torch's own reading still refuses it
     with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(p))} is truncated or corrupt .*delete it"):
         io.load_state_dict(p)
 
@@ -157,6 +162,10 @@ def test_truncated_or_foreign_activation_file_is_refused(tmp_path, tiny_cfg, kin
         with pytest.raises(ValueError, match=r"\.test\.h5\..*\.tmp is not a complete stitchlib activation file"):
             io.open_activations(io.temp_files_of(p)[0])  # even read by mistake, the temp file is refused
         expected = r"activation file .*test\.h5 does not exist"
+    if kind != "killed_writer_temp":  # the recorded size and sha256 differ first
+        with pytest.raises(io.IntegrityError, match=r"test\.h5 changed after .* wrote it"):
+            pipeline.check_activations(s, str(p))
+        io.checksum_path(p).unlink()  # without a record (older files), the HDF5 checks still refuse it
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
         pipeline.check_activations(s, str(p))
 
@@ -249,6 +258,144 @@ def test_dataset_folder_with_the_wrong_layout_names_path_and_expected_layout(tmp
         catalog.check_dataset(name, str(root))
     with pytest.raises(FileNotFoundError, match=msg):  # a job that loads the data stops the same way
         data.load(name, "test", root=str(root))
+
+
+# ----------------------------------------------------------------------------- integrity (issue 18)
+
+def flip_byte(path, offset: int) -> None:
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= 0x01
+    Path(path).write_bytes(bytes(data))
+
+
+def tensor_data_offset(path) -> int:
+    """Where the first tensor's bytes start inside a torch.save zip archive (stored uncompressed)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if re.search(r"/data/\d+$", i.filename))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        name, extra = struct.unpack("<HH", f.read(30)[26:30])
+    return info.header_offset + 30 + name + extra
+
+
+@corrupt
+def test_a_flipped_byte_in_a_checkpoints_tensor_data_is_refused_naming_the_job_to_rerun(tmp_path, monkeypatch):
+    monkeypatch.setitem(io._JOB, "writer", "rule train (dataset=digits, net=rn-s0)")
+    p = tmp_path / "rn-s0.pt"
+    io.save_state_dict(p, {"conv.weight": torch.randn(1000)})
+    before = torch.load(p, weights_only=True)["conv.weight"]
+    flip_byte(p, tensor_data_offset(p) + 401)
+    changed = torch.load(p, weights_only=True)["conv.weight"]  # what loaded silently before: other weights
+    assert not torch.equal(before, changed)
+    name = re.escape(str(p))
+    with pytest.raises(io.IntegrityError, match=rf"{name} changed after rule train \(dataset=digits, net=rn-s0\) "
+                                                rf"wrote it \(its sha256 is .* --forcerun {name}"):
+        io.load_state_dict(p)
+
+
+@corrupt
+def test_an_activation_layer_overwritten_with_zeros_is_refused(tmp_path, tiny_cfg):
+    s = spec(tiny_cfg)
+    p = files_for(s, tmp_path / "test.h5")
+    with h5py.File(p, "r+") as f:  # the layer's values change; the file's size and HDF5 structure do not
+        f["layers/layer2.1"][...] = 0
+    with pytest.raises(io.IntegrityError, match=r"test\.h5 changed after .* \(its sha256 is"):
+        io.read_layer(p, "layer3.1")  # any read of the file: it is verified when first opened
+
+
+@corrupt
+def test_files_above_the_hash_limit_are_checked_by_size_without_hashing(tmp_path, monkeypatch, tiny_cfg):
+    monkeypatch.setitem(io._JOB, "hash_limit", 0)  # integrity.hash_limit_mb: 0: no file is hashed in full
+    hashed = []
+    monkeypatch.setattr(io, "sha256", lambda path, block=0: hashed.append(path) or "0" * 64)
+    p = files_for(spec(tiny_cfg), tmp_path / "test.h5")
+    io.read_layer(p, "layer3.1")
+    Path(p).write_bytes(Path(p).read_bytes()[:-100])
+    with pytest.raises(io.IntegrityError, match=r"\(it has \d+ bytes, \d+ were written\)"):
+        io.read_layer(p, "layer3.1")
+    assert len(hashed) == 1  # once, by the writer: reading checked the size only
+
+
+@corrupt
+def test_each_file_is_hashed_once_per_process_and_again_when_it_changes(tmp_path, monkeypatch, tiny_cfg):
+    real, calls = io.sha256, []
+    monkeypatch.setattr(io, "sha256", lambda path, block=1 << 20: calls.append(Path(path).name) or real(path))
+    s = spec(tiny_cfg)
+    p = files_for(s, tmp_path / "test.h5")
+    calls.clear()
+    for layer in s["layers"] * 3:
+        io.read_layer(p, layer)
+    pipeline.check_activations(s, p)
+    assert calls == ["test.h5"]
+    with h5py.File(p, "r+") as f:
+        f.attrs["note"] = "edited"
+    with pytest.raises(io.IntegrityError):
+        io.read_layer(p, s["layers"][0])
+
+
+@corrupt
+@pytest.mark.parametrize("kind", ["empty", "not_json", "no_spec"])
+def test_a_broken_detector_spec_names_the_file(tmp_path, kind):
+    pt, js = tmp_path / "layer1.0.pt", tmp_path / "layer1.0.json"
+    io.save_state_dict(pt, {"w": torch.zeros(1)})
+    io.write_json(js, {"network": "rn-s0"} if kind == "no_spec" else {"detector": {}})
+    if kind != "no_spec":
+        js.write_text("" if kind == "empty" else "{'detector': None")
+        with pytest.raises(io.IntegrityError, match=r"layer1\.0\.json changed after"):
+            pipeline.load_detector(str(pt), str(js), torch.device("cpu"))
+        io.checksum_path(js).unlink()  # no record: JSON's own error, with the file
+    match = r"layer1\.0\.json is not a detector spec" if kind == "no_spec" else r"layer1\.0\.json is not valid JSON"
+    with pytest.raises(ValueError, match=match):
+        pipeline.load_detector(str(pt), str(js), torch.device("cpu"))
+
+
+@corrupt
+def test_an_emptied_stitch_file_names_the_command_that_recomputes_it(tmp_path, tiny_cfg):
+    s = spec(tiny_cfg)
+    h5 = files_for(s, tmp_path / "test.h5")
+    st = tmp_path / "rn-s0__rn-s0.pt"
+    io.save_state_dict(st, {"layer1.0->layer1.0": {"weight": torch.zeros(1), "bias": torch.zeros(1)}})
+    st.write_bytes(b"")
+    with pytest.raises(io.IntegrityError, match=rf"it has 0 bytes, \d+ were written\).*snakemake --cores N --forcerun "
+                                                rf"{re.escape(str(st))}"):
+        pipeline._load_stitches(str(st), s, s, h5, h5)
+
+
+# ----------------------------------------------------------------------------- factories (issue 18)
+
+refused = pytest.mark.code_refused
+
+
+@refused
+def test_a_builtin_factory_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(ValueError, match=r"params.factory: os.system is a builtin_function_or_method, not a Python "
+                                         "function or an nn.Module class"):
+        hooked.HookedNetwork.build("os.system", {"command": f"touch {marker}"}, ["x"], (3, 8, 8))
+    assert not marker.exists()
+
+
+@refused
+@pytest.mark.parametrize("factory,message", [
+    ("collections.OrderedDict", "is the class OrderedDict, not a torch.nn.Module"),
+    ("torchvision.models.list_models", "is declared to return list, not a torch.nn.Module"),
+    ("stitchlib.catalog.factory_allowlist", r"\(\*\*kwargs\) returned a NoneType, not a torch.nn.Module"),
+])
+def test_a_factory_must_build_an_nn_module(factory, message):
+    with pytest.raises(ValueError, match=rf"^params.factory: {re.escape(factory)}.*{message}"):
+        hooked.HookedNetwork.build(factory, {}, ["x"], (3, 8, 8))
+
+
+@refused
+def test_untrusted_configs_allow_only_listed_factories_in_the_job_too(monkeypatch):
+    monkeypatch.setenv("STITCHLIB_UNTRUSTED", "1")
+    monkeypatch.setenv("STITCHLIB_ALLOWED_FACTORIES", "torchvision.models.vision_transformer")
+    with pytest.raises(ValueError, match=r"params.factory: torchvision.models.resnet18 is not allowed"):
+        hooked.resolve_factory("torchvision.models.resnet18")
+    assert hooked.resolve_factory("torchvision.models.vision_transformer.VisionTransformer")
 
 
 # ----------------------------------------------------------------------------- safety
@@ -360,15 +507,17 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_tables(tmp_path, 
 
 @pytest.mark.workflow
 @pytest.mark.corrupt_input
-def test_a_corrupt_input_fails_its_job_only_and_keep_going_finishes_the_rest(tmp_path, reference_run):
-    """A finished run whose rn-s0 checkpoint was truncated afterwards (its time stamp kept, so Snakemake does not
-    retrain it): the DM job that loads it fails naming the file; the other DM job still runs (--keep-going)."""
+def test_a_corrupt_input_fails_its_job_only_and_the_advised_command_recomputes_it(tmp_path, reference_run):
+    """A finished run whose rn-s0 checkpoint got one flipped byte in its tensor data afterwards (its time stamp
+    kept, so Snakemake does not retrain it; torch would load it silently): the DM job that loads it fails naming
+    the file, the job that wrote it and the command that recomputes it; the other DM job still runs (--keep-going);
+    that command then restores the reference's result byte for byte."""
     reference, _ = reference_run
     shutil.copytree(reference, tmp_path / "results", symlinks=True)
     res = tmp_path / "results"
     ckpt = res / "models/digits/rn-s0.pt"
     stamp = ckpt.stat()
-    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    flip_byte(ckpt, tensor_data_offset(ckpt) + 11)
     os.utime(ckpt, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     targets = [res / f"stitching/digits/dm/{pair}.csv" for pair in ("rn-s0__rn-s0", "rn-s1__rn-s1")]
     for t in targets:
@@ -379,4 +528,28 @@ def test_a_corrupt_input_fails_its_job_only_and_keep_going_finishes_the_rest(tmp
     assert out.returncode != 0
     assert not targets[0].exists() and targets[1].exists()  # the healthy pair finished
     log = (res / "logs/dm/digits/rn-s0__rn-s0.log").read_text()
-    assert f"checkpoint {ckpt} is truncated or corrupt" in log and "delete it and rerun" in log
+    assert f"{ckpt} changed after rule train (dataset=digits, net=rn-s0) wrote it" in log, log[-3000:]
+    advice = re.search(r"snakemake --cores N (--forcerun \S+)", log).group(1).split()
+    assert advice == ["--forcerun", str(ckpt)]
+    out = subprocess.run([*cmd[:3], str(targets[0]), *cmd[3:], *advice], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert targets[0].read_bytes() == (reference / "stitching/digits/dm/rn-s0__rn-s0.csv").read_bytes()
+
+
+def test_every_file_the_ood_scores_job_reads_is_declared(tmp_path):
+    """It loads each target layer's detector weights and its JSON spec: both are inputs (a changed spec reruns it)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile",
+                          config_settings=ConfigSettings(configfiles=[TINY], config={"results": "results"}),
+                          workdir=tmp_path)
+        (rule,) = [r for r in wf._workflow.rules if r.name == "ood_scores"]
+        (inputs,) = rule.input  # unpack(ood_score_inputs)
+        function = getattr(inputs._file, "callable", None) or inputs._file
+        files = function(SimpleNamespace(dataset="digits", src="rn-s0", tgt="rn-s1"))
+    layers = ["layer1.0", "layer2.1", "layer3.1", "layer4.1"]
+    assert files["detectors"] == [f"results/ood/digits/detectors/rn-s1/{x}.pt" for x in layers]
+    assert files["detector_specs"] == [f"results/ood/digits/detectors/rn-s1/{x}.json" for x in layers]

@@ -117,6 +117,34 @@ def test_test_profile_adapts_only_what_the_test_cluster_needs():
     assert not any("gpu" in r for r in adapt(p, cpus=1, mem_mb=3000, gpu=False)["set-resources"].values())
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_slurm_test_passes_an_absolute_python_and_the_script_resolves_relative_paths(tmp_path):
+    """`make slurm-test` once failed at once: it passed PYTHON=.venv/bin/python, which the script ran after changing
+    into its work folder. The Makefile's command, then the script's own handling of relative PYTHON, config and work
+    folder (--check: no root, no daemons; it dry-runs the local command from its work folder)."""
+    made = subprocess.run(["make", "-n", "-C", str(ROOT), "slurm-test", "E2E_ARGS=--check"], capture_output=True,
+                          text=True, timeout=60)
+    (line,) = [x for x in made.stdout.splitlines() if "tools/slurm/e2e.sh" in x]
+    assert re.fullmatch(r"PYTHON=/\S+/\.venv/bin/python tools/slurm/e2e\.sh --check", line), line
+    (tmp_path / "venv/bin").mkdir(parents=True)
+    (tmp_path / "venv/bin/python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (tmp_path / "venv/bin/python").chmod(0o755)
+    shutil.copy(ROOT / "tests/configs/tiny.yaml", tmp_path / "tiny.yaml")
+    env = {**os.environ, "PYTHON": "venv/bin/python", "SLURM_TEST_CONFIG": "tiny.yaml", "SLURM_TEST_DIR": "work",
+           "PYTHONPATH": str(ROOT)}
+    script = [str(ROOT / "tools/slurm/e2e.sh"), "--check"]
+    out = subprocess.run([*script, "--groups", "detector=d"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"python {tmp_path}/venv/bin/python; config {tmp_path}/tiny.yaml; work folder {tmp_path}/work" in out.stderr
+    assert "check OK" in out.stderr and (tmp_path / "work/profile/config.yaml").is_file()
+    (tmp_path / "link").symlink_to(ROOT.parent)  # a work folder that would hold the repository: refused, not emptied
+    for key, value, message in (("PYTHON", "nope/python", f"PYTHON: {tmp_path}/nope/python is not an executable"),
+                                ("SLURM_TEST_DIR", "link", "holds the repository"), ("SLURM_TEST_DIR", "/", "holds")):
+        bad = subprocess.run(script, cwd=tmp_path, env={**env, key: value}, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
 def _slurm_test_unavailable() -> str | None:
     if os.environ.get("STITCHLIB_SLURM_TEST") != "1":
         return "opt-in: STITCHLIB_SLURM_TEST=1 (or `make slurm-test`) runs a real one-node SLURM cluster"

@@ -11,8 +11,8 @@
 3. **Audit after each kill.** Every file under the results folder (logs aside) must be either a temporary file of
    :func:`stitchlib.io.atomic_path` (``.<name>.<random>.tmp``; counted, never read by any rule) or a complete
    artifact: HDF5 with its ``complete`` attribute and every dataset readable, checkpoints loaded with
-   ``weights_only=True``, CSV/JSON/NPZ/PNG parsed in full, and every CSV or Markdown table byte-identical to the
-   reference's (a truncated table would differ).
+   ``weights_only=True`` (these, HDF5 and JSON checked against their recorded sha256), CSV/JSON/NPZ/PNG parsed in
+   full, and every CSV or Markdown table byte-identical to the reference's (a truncated table would differ).
 4. **Resume** as a user would: ``snakemake --unlock``, then the same command with ``--rerun-incomplete``.
 5. **Compare.** The resumed run must hold exactly the reference's files, no temporary file, and every CSV and
    Markdown table byte-identical to the reference's (CPU runs are deterministic).
@@ -24,7 +24,6 @@ Exit status 0 when every kill passes; one line per kill is printed. ``make fault
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -126,7 +125,7 @@ def _check_artifact(path: Path) -> None:
 
         pd.read_csv(path)
     elif suffix == ".json":
-        json.loads(path.read_text())
+        io.read_json(path)
     elif suffix == ".npz":
         import numpy as np
 
@@ -153,13 +152,15 @@ class Audit:
 
 
 def artifacts(results: Path) -> list[Path]:
-    """Every file under ``results`` but logs and Snakemake's own markers, as paths relative to it."""
+    """Every file under ``results`` but logs, Snakemake's own markers and the checksum records beside artifacts
+    (checked with their artifact: readers verify them), as paths relative to it."""
     if not results.is_dir():
         return []
     out = []
     for p in sorted(results.rglob("*")):
         rel = p.relative_to(results)
-        if p.is_file() and rel.parts[0] not in SKIP_DIRS and not p.name.startswith(".snakemake"):
+        record = p.name.startswith(".") and p.name.endswith(io.CHECKSUM_SUFFIX)
+        if p.is_file() and rel.parts[0] not in SKIP_DIRS and not p.name.startswith(".snakemake") and not record:
             out.append(rel)
     return out
 

@@ -19,6 +19,11 @@ def run(snakemake, job) -> None:
         pass
     log = logging.getLogger("stitchlib.job")
     log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
+    from stitchlib import io
+
+    wildcards = ", ".join(f"{k}={v}" for k, v in dict(snakemake.wildcards).items())
+    io.set_job(f"rule {snakemake.rule}" + (f" ({wildcards})" if wildcards else ""),
+               snakemake.config.get("integrity", {}).get("hash_limit_mb"))
     try:
         job(snakemake)
     except Exception:
