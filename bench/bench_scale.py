@@ -141,6 +141,10 @@ def main() -> None:
     runs, seconds = {}, {}
     for n in args.sizes:
         folder = args.out / f"{args.policy}-{n}"
+        if (folder / "results" / "report.html").exists() and (folder / "seconds").exists():  # measured before
+            runs[n], seconds[n] = measure(folder), float((folder / "seconds").read_text())
+            print(f"size {n}: measured before ({seconds[n] / 60:.1f} min)", flush=True)
+            continue
         write_cifar(folder / "data", n, args.test)
         cfg_path = folder / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(bench_config(folder / "data", args.policy, args.test, args.device)))
@@ -149,6 +153,7 @@ def main() -> None:
                               str(cfg_path), "--cores", str(args.cores), "-q"], cwd=folder, capture_output=True,
                              text=True)
         seconds[n] = time.time() - start
+        (folder / "seconds").write_text(f"{seconds[n]:.0f}")
         if out.returncode:
             sys.exit(f"size {n}: snakemake failed\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         runs[n] = measure(folder)
