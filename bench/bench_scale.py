@@ -164,19 +164,21 @@ def main() -> None:
     at_paper = sconf.validate(bench_config(args.out / "data-not-needed", args.policy, args.test, args.device) | {
         "datasets": {"cifar10": {"root": None, "download": True}}})
     est = footprint.estimate(at_paper)  # catalog's CIFAR-10: 50,000 training images
+    at_size = {n: footprint.estimate(at_paper, (n, args.test)) for n in sizes}
     rules = sorted({r for _, (peak, _) in runs.items() for r in peak})
     head = " ".join(f"{n:>8}" for n in sizes)
     print(f"\npolicy {args.policy}, test {args.test} images, {args.cores} cores; peak memory (MB) of a rule's largest "
           f"job, measured")
-    print(f"{'rule':<14}{head}  largest/smallest  projected {PAPER}  estimated {PAPER}")
+    print(f"{'rule':<14}{head}  largest/smallest  projected {PAPER}  estimated {PAPER}  estimated at the sizes")
     worst = 0.0
     for r in rules:
         vals = [runs[n][0].get(r, float("nan")) for n in sizes]
         ratio = vals[-1] / vals[0]
         worst = max(worst, ratio)
         estimate = est[r].mem / 2 ** 20 if r in est else float("nan")
+        there = " ".join(f"{at_size[n][r].mem / 2 ** 20:.0f}" if r in at_size[n] else "-" for n in sizes)
         print(f"{r:<14}" + " ".join(f"{v:>8.0f}" for v in vals) + f"  {ratio:>16.2f}  {project(sizes, vals):>12.0f}"
-              f"  {estimate:>12.0f}")
+              f"  {estimate:>12.0f}  {there}")
     print(f"largest ratio: {worst:.2f} (target ≤ 1.25)")
     print("\nbytes written (MB), measured")
     print(f"{'rule':<14}{head}  projected {PAPER}  estimated {PAPER}")

@@ -20,7 +20,8 @@ from stitchlib import catalog
 from stitchlib import config as sconf
 
 MB = 2 ** 20
-BASE = 650 * MB    # python + torch + torchvision + scipy + sklearn + h5py + stitchlib: 630 MB measured RSS
+BASE = 950 * MB    # python, torch, torchvision, scipy, sklearn, h5py, stitchlib (630 MB measured after the imports)
+#                    and torch's CPU runtime once it computes (job peaks of bench/bench_scale.py: ≈ 900–1,000 MB)
 CUDA = 2560 * MB   # host memory of the CUDA libraries and context in a job that uses a GPU
 LIGHT = 400 * MB   # table and figure jobs
 F32, F64 = 4, 8
@@ -73,7 +74,7 @@ class Net:
         return 8 * F32 * sum(math.prod(self.every[n][0]) for n in names)
 
 
-def _net(cfg: dict[str, Any], arch: str, dataset: str) -> Net | None:
+def _net(cfg: dict[str, Any], arch: str, dataset: str, splits: tuple[int, int] | None = None) -> Net | None:
     a = cfg["architectures"][arch]
     size = sconf.image_size(cfg, dataset)
     every = catalog.layer_shapes(a["family"], a["params"], size)
@@ -81,13 +82,14 @@ def _net(cfg: dict[str, Any], arch: str, dataset: str) -> Net | None:
     if every is None:
         return None
     p = catalog.architecture_params(a["family"], a["params"])
+    n_train, n_test = splits or facts.splits
     test = cfg["cache"]["test"]["samples"]
     native = facts.image_size
     image = 0 if not facts.in_memory else 3 * native * native if dataset in ("cifar10", "svhn") \
         else 3 * size * size * F32  # uint8 pixels (data.Images) or float32 (the digits)
     return Net(arch, dataset, a["family"], {n: every[n] for n in sconf.layers(cfg, arch)}, every,
                catalog.param_count(a["family"], a["params"], facts.num_classes, size), facts.num_classes, size,
-               facts.splits[0], facts.splits[1] if test == "all" else min(test, facts.splits[1]), image,
+               n_train, n_test if test == "all" else min(test, n_test), image,
                p.get("mlp_dim", 0), p.get("heads", 0))
 
 
@@ -243,25 +245,37 @@ def _ood_scores(cfg, src: Net, tgt: Net, methods: int) -> tuple[int, int]:
 
 
 def _stats(n: int, p: int) -> int:
-    """One layer's factorisation for the indices (similarity.layer_stats: the n×n Gram or the p×p covariance)."""
+    """One layer's factorisation for the indices (similarity.layer_stats): n rows of p columns in float64, the n×n
+    Gram (p ≥ n) or the p×p covariance, the left singular vectors U (n × min(n, p)) and an SVD's workspace."""
     m = min(n, p)
-    return 3 * m * m * F64 + n * m * F64
+    return 3 * n * m * F64 + 3 * m * m * F64 + p * m * F64
+
+
+def _layer_stats(net: Net, layer: str, n: int, reshapes: set[str]) -> int:
+    """A layer's statistics for every reshape of the measures: n images, ``positions`` (and ``paper1``, which also
+    keeps the pooled one) with each position a row."""
+    out = 0
+    for r in reshapes:
+        if r == "flatten":
+            out += _stats(n, net.numel(layer))
+        if r in ("positions", "paper1"):
+            out += _stats(n * net.positions(layer), net.channels(layer))
+        if r in ("pool", "paper1"):
+            out += _stats(n, net.channels(layer))
+    return out
+
+
+def _index_n(cfg, net: Net) -> int:
+    return net.n_test if cfg["similarity"]["samples"] == "all" else min(cfg["similarity"]["samples"], net.n_test)
 
 
 def _indices(cfg, *nets: Net) -> tuple[int, int]:
     s = cfg["similarity"]
     reshapes = {s["reshape"][m] for m in s["measures"]}
-    n0 = nets[0].n_test if s["samples"] == "all" else min(s["samples"], nets[0].n_test)
-    held = 0
-    for net in nets:
-        for layer in net.layers:
-            for r in reshapes:
-                p = net.numel(layer) if r == "flatten" else net.channels(layer)
-                n = n0 * (net.positions(layer) if r in ("positions", "paper1") else 1)
-                held += _stats(n, p)
-    largest = max(n0 * net.numel(x) * F64 for net in nets for x in net.layers)
+    held = sum(_layer_stats(net, layer, _index_n(cfg, net), reshapes) for net in nets for layer in net.layers)
+    largest = max(_layer_stats(net, x, _index_n(cfg, net), reshapes) for net in nets for x in net.layers)
     pairs = len(nets) ** 2 * len(nets[0].layers) ** 2 * len(s["measures"])
-    return BASE + min(held, INDEX_STATS_BYTES) + 2 * largest, pairs * 250
+    return BASE + min(held, INDEX_STATS_BYTES) + largest, pairs * 250
 
 
 def _probes(cfg, net: Net) -> tuple[int, int]:
@@ -271,13 +285,19 @@ def _probes(cfg, net: Net) -> tuple[int, int]:
     return mem, len(net.layers) * 200
 
 
+def _ding_compare(cfg, net: Net, layer: str, bytes_per_value: int) -> int:
+    """The Ding et al. tests' comparison of one representation with the reference (ding._Comparer): both layers'
+    index statistics and the test split at the layer (``bytes_per_value``: the copies held, e.g. the reference's
+    and the compared one's in float32)."""
+    reshapes = {cfg["similarity"]["reshape"][m] for m in cfg["ding"]["measures"]}
+    return 2 * _layer_stats(net, layer, _index_n(cfg, net), reshapes) + net.n_test * net.numel(layer) * bytes_per_value
+
+
 def _sensitivity(cfg, net: Net, layers: list[str]) -> tuple[int, int]:
     k = cfg["dm"]["samples"] if cfg["dm"]["samples"] != "all" else net.n_train
-    big = max(layers, key=net.numel)
-    c = net.channels(big)
-    n = net.n_test if cfg["similarity"]["samples"] == "all" else cfg["similarity"]["samples"]
-    mem = BASE + 2 * net.params * F32 + k * sum(net.numel(x) for x in layers) * F32
-    mem += 3 * net.n_train * c * F64 + net.n_test * net.numel(big) * (F32 + 4 * F64) + 2 * _stats(n, net.numel(big))
+    c = max(net.channels(x) for x in layers)
+    mem = BASE + 2 * net.params * F32 + k * sum(net.numel(x) for x in layers) * F32 + 3 * net.n_train * c * F64
+    mem += max(_ding_compare(cfg, net, x, F32 + 2 * F64) for x in layers)  # the layer; two low-rank float64 copies
     ranks = cfg["ding"]["sensitivity"]["ranks"]
     return mem, len(layers) * (ranks if isinstance(ranks, int) else len(ranks)) * 400
 
@@ -285,10 +305,8 @@ def _sensitivity(cfg, net: Net, layers: list[str]) -> tuple[int, int]:
 def _specificity(cfg, *nets: Net) -> tuple[int, int]:
     net = nets[0]
     k = cfg["dm"]["samples"] if cfg["dm"]["samples"] != "all" else net.n_train
-    big = max(net.layers, key=net.numel)
-    n = net.n_test if cfg["similarity"]["samples"] == "all" else cfg["similarity"]["samples"]
-    mem = BASE + 3 * net.params * F32 + 2 * k * net.per_image * F32 + 3 * net.n_test * net.numel(big) * F32
-    return mem + 4 * _stats(n, net.numel(big)), len(nets) * len(net.layers) * 400
+    mem = BASE + 3 * net.params * F32 + 2 * k * net.per_image * F32
+    return mem + max(_ding_compare(cfg, net, x, 2 * F32) for x in net.layers), len(nets) * len(net.layers) * 400
 
 
 def _frankenstein(cfg, src: Net, tgt: Net, experiment: str, settings, policy) -> tuple[int, int]:
@@ -342,12 +360,13 @@ def _cross_pair(cfg, a: Net, b: Net, policy: str) -> tuple[int, int]:
                 _tlm(cfg, a, b, senders(a), receivers(b), sconf.cross_tlm_settings(cfg), policy, stitch))
 
 
-def _add(rules: dict[str, Rule], cfg, dataset: str, nets: dict, name: str, names: list[str], fn, *args) -> None:
+def _add(rules: dict[str, Rule], cfg, dataset: str, splits, nets: dict, name: str, names: list[str], fn,
+         *args) -> None:
     """One job of rule ``name`` on networks ``names``, estimated by ``fn(cfg, *nets, *args)``."""
     for x in names:
         arch = sconf.parse_network(x)[0]
         if arch not in nets:
-            nets[arch] = _net(cfg, arch, dataset)
+            nets[arch] = _net(cfg, arch, dataset, splits)
     found = [nets[sconf.parse_network(x)[0]] for x in names]
     r = rules.setdefault(name, Rule())
     if any(x is None for x in found):
@@ -356,8 +375,9 @@ def _add(rules: dict[str, Rule], cfg, dataset: str, nets: dict, name: str, names
         r.add(*fn(cfg, *found, *args))
 
 
-def estimate(cfg: dict[str, Any]) -> dict[str, Rule]:
-    """Per rule of the workflow that ``cfg`` (validated) runs: jobs, peak memory, bytes written."""
+def estimate(cfg: dict[str, Any], splits: tuple[int, int] | None = None) -> dict[str, Rule]:
+    """Per rule of the workflow that ``cfg`` (validated) runs: jobs, peak memory, bytes written; ``splits`` (train,
+    test images) instead of the datasets' own sizes, e.g. for a rehearsal on fewer images."""
     rules: dict[str, Rule] = {}
     policy = {c: sconf.front_policy(cfg, c) for c in sconf.CONSUMERS}
     methods, o = cfg["stitching"]["methods"], cfg["ood"]
@@ -369,7 +389,7 @@ def estimate(cfg: dict[str, Any]) -> dict[str, Rule]:
     randoms = sorted({x for _, cond, s, t in cross for x, state in zip((s, t), sconf.CONTROLS[cond])
                       if state == "random"})
     for ds in cfg["datasets"]:
-        add = partial(_add, rules, cfg, ds, {})
+        add = partial(_add, rules, cfg, ds, splits, {})
         for name in every:
             add("train", [name], _train)
             add("extract", [name], _extract_net, sconf.caches_train_fronts(cfg, sconf.parse_network(name)[0]))
