@@ -13,6 +13,7 @@ sys.path.insert(0, workflow.basedir)  # stitchlib from this checkout, also under
 
 from stitchlib import catalog
 from stitchlib import config as sconf
+from stitchlib import footprint
 
 try:
     with warnings.catch_warnings(record=True) as caught:
@@ -26,6 +27,25 @@ for w in caught:  # loud, before any job: values that run but mislead
 R = config["results"]
 THREADS = config["threads"]
 DEVICE = config["device"]
+# Each rule's memory and disk request, from the config's shapes (stitchlib.footprint; `stitchlib plan` prints them).
+RESOURCES = footprint.resources(config)
+
+
+def requested(rule, key):
+    return RESOURCES.get(rule, {}).get(key, footprint.DEFAULT_MEM_MB if key == "mem_mb" else 1000)
+
+
+# Where each consumer of the training split takes its frozen fronts from (cache | recompute), decided here: the
+# jobs' inputs depend on it (stitchlib.config.front_policy).
+FRONTS = {
+    c: {
+        "policy": sconf.front_policy(config, c),
+        "chunk": config["extract"]["chunk"],
+        "buffer": config["cache"]["buffer"],
+        "block_mb": config["cache"]["block_mb"],
+    }
+    for c in sconf.CONSUMERS
+}
 
 
 wildcard_constraints:
@@ -208,8 +228,15 @@ def pair_inputs(w):
         "tgt_train": acts(w.dataset, w.tgt, "train"),
         "src_test": acts(w.dataset, w.src, "test"),
         "tgt_test": acts(w.dataset, w.tgt, "test"),
+        "src_ckpt": ckpt(w.dataset, w.src),
         "tgt_ckpt": ckpt(w.dataset, w.tgt),
     }
+
+
+def extract_settings(w):
+    """extract's settings for network w.net: whether its training split's fronts are cached, the test subset."""
+    arch = sconf.parse_network(w.net)[0]
+    return {**config["extract"], "fronts": sconf.caches_train_fronts(config, arch), "test": config["cache"]["test"]}
 
 
 def dm_stitches(w):
@@ -251,7 +278,12 @@ def heatmap_inputs(w):
 
 
 def detector_inputs(w):
-    return {split: acts(w.dataset, w.net, split) for split in ("train", "test", "outliers", "heldout")}
+    """The layer's activations: cached training split, outliers and held-out outliers, or the checkpoint that
+    recomputes them (cache.consumers.detector)."""
+    files = {"train": acts(w.dataset, w.net, "train"), "test": acts(w.dataset, w.net, "test")}
+    if FRONTS["detector"]["policy"] == "cache":
+        return {**files, "outliers": acts(w.dataset, w.net, "outliers"), "heldout": acts(w.dataset, w.net, "heldout")}
+    return {**files, "ckpt": ckpt(w.dataset, w.net)}
 
 
 DETECTOR_SETTINGS = {k: v for k, v in sconf.ood_settings(config).items() if k != "fpr95"}
@@ -264,9 +296,9 @@ def ood_score_inputs(w):
         "stitches": [stitch_file(w.dataset, m, w.src, w.tgt, "pt") for m in METHODS],
         "src_test": acts(w.dataset, w.src, "test"),
         "tgt_test": acts(w.dataset, w.tgt, "test"),
-        "tgt_heldout": acts(w.dataset, w.tgt, "heldout"),
         "detectors": detectors(w.dataset, w.tgt),
         "detector_specs": detectors(w.dataset, w.tgt, "json"),
+        "detector_energies": detectors(w.dataset, w.tgt, "npz"),
     }
 
 
@@ -325,13 +357,14 @@ def cross_state_files(dataset, net, state):
 
 def cross_pair_inputs(w):
     src_state, tgt_state = sconf.CONTROLS[w.condition]
-    _, src = cross_state_files(w.dataset, w.src, src_state)
+    src_ckpt, src = cross_state_files(w.dataset, w.src, src_state)
     tgt_ckpt, tgt = cross_state_files(w.dataset, w.tgt, tgt_state)
     return {
         "src_train": src["train"],
         "src_test": src["test"],
         "tgt_train": tgt["train"],
         "tgt_test": tgt["test"],
+        "src_ckpt": src_ckpt,
         "tgt_ckpt": tgt_ckpt,
     }
 
@@ -404,19 +437,7 @@ def frank_file(dataset, experiment, src, tgt, ext="csv"):
 
 @cache
 def frank_runs():
-    """(experiment, Model 1, Model 2) of every job: Figs. 2–3 on every pair of every architecture, Fig. 4 on every
-    pair of `network`, Fig. 6 on its first pair, Figs. 7–8 on its first or every pair (`curves`), Fig. 5 on the
-    first network of its architecture stitched into itself."""
-    if not config["frankenstein"]["enabled"]:
-        return []
-    archs = dict.fromkeys([*FRANK["architectures"], *FRANK["widths"]])
-    runs = [("layers", s, t) for a in archs for s, t in sconf.frankenstein_pairs(config, a)]
-    pairs = sconf.frankenstein_pairs(config, FRANK["network"])
-    curves = pairs if FRANK["curves"] == "every_pair" else pairs[:1]
-    runs += [("track", s, t) for s, t in pairs] + [("inits", *pairs[0])]
-    runs += [(e, s, t) for e in ("lowrank", "sparsity") for s, t in curves]
-    me = sconf.network_id(FRANK["cka_penalty"]["architecture"], config["frankenstein"]["seeds"][0])
-    return runs + [("cka_penalty", me, me)]
+    return sconf.frankenstein_runs(config)
 
 
 def frank_results(w):

@@ -18,11 +18,12 @@ rule cross_init:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("cross_init", "mem_mb"),
+        disk_mb=requested("cross_init", "disk_mb"),
         runtime=30,
     params:
         spec=net_spec,
-        settings=config["extract"],
+        settings=extract_settings,
         device=DEVICE,
     script:
         "../workflow_scripts/cross_init.py"
@@ -46,7 +47,8 @@ rule cross_pair:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("cross_pair", "mem_mb"),
+        disk_mb=requested("cross_pair", "disk_mb"),
         runtime=240,
     params:
         src=src_spec,
@@ -54,6 +56,7 @@ rule cross_pair:
         dm=sconf.cross_dm_settings(config),
         tlm=sconf.cross_tlm_settings(config),
         conv_stitch=config["cross"]["stitch"],
+        fronts=FRONTS["cross"],
         device=DEVICE,
     script:
         "../workflow_scripts/cross_pair.py"
@@ -82,7 +85,8 @@ rule cross_report:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("cross_report", "mem_mb"),
+        disk_mb=requested("cross_report", "disk_mb"),
         runtime=10,
     params:
         figures=cross_figures_of,

@@ -18,7 +18,8 @@ rule probes:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("probes", "mem_mb"),
+        disk_mb=requested("probes", "disk_mb"),
         runtime=60,
     params:
         spec=net_spec,
@@ -39,7 +40,8 @@ rule sensitivity:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("sensitivity", "mem_mb"),
+        disk_mb=requested("sensitivity", "disk_mb"),
         runtime=120,
     params:
         spec=net_spec,
@@ -47,6 +49,7 @@ rule sensitivity:
         settings=config["ding"],
         dm=config["dm"],
         similarity=config["similarity"],
+        fronts=FRONTS["dm"],
         device=DEVICE,
     script:
         "../workflow_scripts/ding.py"
@@ -63,13 +66,15 @@ rule specificity:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("specificity", "mem_mb"),
+        disk_mb=requested("specificity", "disk_mb"),
         runtime=120,
     params:
         specs=arch_specs,
         settings=config["ding"],
         dm=config["dm"],
         similarity=config["similarity"],
+        fronts=FRONTS["dm"],
         device=DEVICE,
     script:
         "../workflow_scripts/ding.py"
@@ -101,7 +106,8 @@ rule ding_tables:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("ding_tables", "mem_mb"),
+        disk_mb=requested("ding_tables", "disk_mb"),
         runtime=10,
     params:
         alpha=config["ding"]["alpha"],

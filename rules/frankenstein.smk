@@ -15,12 +15,14 @@ rule frankenstein_run:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("frankenstein_run", "mem_mb"),
+        disk_mb=requested("frankenstein_run", "disk_mb"),
         runtime=120,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=frank_experiment_settings,
+        fronts=FRONTS["frankenstein"],
         device=DEVICE,
     script:
         "../workflow_scripts/frankenstein.py"
@@ -32,10 +34,15 @@ use rule frankenstein_run as frankenstein_inits with:
         mode=f"{R}/frankenstein/{{dataset}}/mode/{{src}}__{{tgt}}.csv",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/inits/{{src}}__{{tgt}}.log",
+    resources:
+        mem_mb=requested("frankenstein_inits", "mem_mb"),
+        disk_mb=requested("frankenstein_inits", "disk_mb"),
+        runtime=120,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=frank_settings("inits"),
+        fronts=FRONTS["frankenstein"],
         device=DEVICE,
 
 
@@ -45,10 +52,15 @@ use rule frankenstein_run as frankenstein_sparsity with:
         matrices=f"{R}/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.npz",
     log:
         f"{R}/logs/frankenstein/{{dataset}}/sparsity/{{src}}__{{tgt}}.log",
+    resources:
+        mem_mb=requested("frankenstein_sparsity", "mem_mb"),
+        disk_mb=requested("frankenstein_sparsity", "disk_mb"),
+        runtime=120,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=frank_settings("sparsity"),
+        fronts=FRONTS["frankenstein"],
         device=DEVICE,
 
 
@@ -78,7 +90,8 @@ rule frankenstein_figures:
     conda:
         "../envs/stitchlib.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=requested("frankenstein_figures", "mem_mb"),
+        disk_mb=requested("frankenstein_figures", "disk_mb"),
         runtime=10,
     params:
         settings=FRANK,

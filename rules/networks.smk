@@ -15,7 +15,8 @@ rule train:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("train", "mem_mb"),
+        disk_mb=requested("train", "disk_mb"),
         runtime=120,
     params:
         spec=net_spec,
@@ -38,11 +39,12 @@ rule extract:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("extract", "mem_mb"),
+        disk_mb=requested("extract", "disk_mb"),
         runtime=30,
     params:
         spec=net_spec,
-        settings=config["extract"],
+        settings=extract_settings,
         device=DEVICE,
     script:
         "../workflow_scripts/extract.py"

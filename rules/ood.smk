@@ -15,7 +15,8 @@ rule outliers:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("outliers", "mem_mb"),
+        disk_mb=requested("outliers", "disk_mb"),
         runtime=30,
     params:
         spec=net_spec,
@@ -32,17 +33,21 @@ rule detector:
     output:
         pt=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.pt",
         json=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.json",
+        npz=f"{R}/ood/{{dataset}}/detectors/{{net}}/{{layer}}.npz",
     log:
         f"{R}/logs/detector/{{dataset}}/{{net}}/{{layer}}.log",
     conda:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("detector", "mem_mb"),
+        disk_mb=requested("detector", "disk_mb"),
         runtime=240,
     params:
         spec=net_spec,
         settings=DETECTOR_SETTINGS,
+        fronts=FRONTS["detector"],
+        outliers=config["ood"]["outliers"],
         device=DEVICE,
     script:
         "../workflow_scripts/detector.py"
@@ -60,13 +65,15 @@ rule ood_scores:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("ood_scores", "mem_mb"),
+        disk_mb=requested("ood_scores", "disk_mb"),
         runtime=30,
     params:
         src=src_spec,
         tgt=tgt_spec,
         methods=METHODS,
         fpr95=FPR95,
+        block_mb=config["cache"]["block_mb"],
         device=DEVICE,
     script:
         "../workflow_scripts/ood_scores.py"
@@ -90,7 +97,8 @@ rule ood_figures:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("ood_figures", "mem_mb"),
+        disk_mb=requested("ood_figures", "disk_mb"),
         runtime=10,
     params:
         energy_plots=energy_plots_of,

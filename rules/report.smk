@@ -15,7 +15,8 @@ rule report:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("report", "mem_mb"),
+        disk_mb=requested("report", "disk_mb"),
         runtime=10,
     params:
         config=config,

@@ -16,12 +16,14 @@ rule dm:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=requested("dm", "mem_mb"),
+        disk_mb=requested("dm", "disk_mb"),
         runtime=60,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=config["dm"],
+        fronts=FRONTS["dm"],
         device=DEVICE,
     script:
         "../workflow_scripts/stitch.py"
@@ -42,12 +44,14 @@ rule tlm:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("tlm", "mem_mb"),
+        disk_mb=requested("tlm", "disk_mb"),
         runtime=240,
     params:
         src=src_spec,
         tgt=tgt_spec,
         settings=config["tlm"],
+        fronts=FRONTS["tlm"],
         device=DEVICE,
     script:
         "../workflow_scripts/stitch.py"
@@ -66,7 +70,8 @@ rule indices:
         "../envs/stitchlib.yaml"
     threads: THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=requested("indices", "mem_mb"),
+        disk_mb=requested("indices", "disk_mb"),
         runtime=60,
     params:
         specs=arch_specs,

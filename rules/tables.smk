@@ -14,7 +14,8 @@ rule similarity_table:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("similarity_table", "mem_mb"),
+        disk_mb=requested("similarity_table", "disk_mb"),
         runtime=10,
     params:
         uncertainty=config["uncertainty"],
@@ -42,7 +43,8 @@ rule table1:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("table1", "mem_mb"),
+        disk_mb=requested("table1", "disk_mb"),
         runtime=10,
     params:
         tie_rule=config["tables"]["tie_rule"],
@@ -73,7 +75,8 @@ rule heatmaps:
         "../envs/stitchlib.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=requested("heatmaps", "mem_mb"),
+        disk_mb=requested("heatmaps", "disk_mb"),
         runtime=10,
     params:
         figures=[(d, *f) for d in config["datasets"] for f in heatmap_specs()],

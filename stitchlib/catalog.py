@@ -21,6 +21,7 @@ class DatasetFacts:
     task: str = "multiclass"  # how targets are scored (stitchlib.tasks): multiclass | multilabel (num_classes
     #                           = number of attributes, targets {0, 1} vectors)
     splits: tuple[int, int] = (0, 0)  # images in the (train, test) splits stitchlib loads
+    in_memory: bool = True  # the loader holds the split in memory (uint8 pixels), not files read per batch
 
 
 CELEBA_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "identity_CelebA.txt", "list_bbox_celeba.txt",
@@ -33,11 +34,12 @@ DATASETS: dict[str, DatasetFacts] = {
     "digits_attributes": DatasetFacts(len(DIGITS_ATTRIBUTES), 8, (), "multilabel", (1400, 397)),
     # 40 binary face attributes (paper 2's Inception V1 task); aligned 178×218 images, centre square 178
     "celeba": DatasetFacts(40, 178, ("celeba/img_align_celeba/*", *(f"celeba/{f}" for f in CELEBA_FILES)),
-                           "multilabel", (162770, 19962)),
+                           "multilabel", (162770, 19962), in_memory=False),
     "cifar10": DatasetFacts(10, 32, ("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"),
                             splits=(50000, 10000)),
     "svhn": DatasetFacts(10, 32, ("train_32x32.mat", "test_32x32.mat"), splits=(73257, 26032)),
-    "imagenet": DatasetFacts(1000, 224, ("train/", "val/"), splits=(1281167, 50000)),  # ILSVRC-2012 train, val
+    # ILSVRC-2012 train, val
+    "imagenet": DatasetFacts(1000, 224, ("train/", "val/"), splits=(1281167, 50000), in_memory=False),
 }
 
 
@@ -414,3 +416,88 @@ def blocks_before(family: str, params: dict) -> tuple[dict[str, int], int]:
     names = layer_names(family, params)
     first = 0 if names[0] == STEM else 1
     return {name: i + first for i, name in enumerate(names)}, len(names) - 1 + first
+
+
+# ----------------------------------------------------------------------------- shapes and sizes without torch
+
+def _conv(size: int, kernel: int, stride: int = 1, pad: int = 0, ceil: bool = False) -> int:
+    """Output side of a convolution or pooling window (torch's formula; ``ceil``: ceil_mode pooling, whose last
+    window must start inside the input)."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    return out - 1 if ceil and (out - 1) * stride >= size + pad else out
+
+
+GOOGLENET_CHANNELS = (256, 480, 512, 512, 512, 528, 832, 832, 1024)  # inception3a … inception5b outputs
+
+
+def layer_shapes(family: str, params: dict, image_size: int) -> dict[str, tuple[tuple[int, ...], str]] | None:
+    """Per-sample shape and layout ('conv' (C, H, W) or 'tokens' (T, D)) of every stitch point, in network order,
+    from the architecture's own formulas (checked against ``models.build`` + ``forward_all`` in
+    tests/test_models.py); None for a network of your own, whose shapes are known only once it runs."""
+    p, s = architecture_params(family, params), image_size
+    if family == "custom":
+        return None
+    if family == "vit":
+        tokens = 1 + (s // p["patch_size"]) ** 2
+        return {name: ((tokens, p["hidden_dim"]), "tokens") for name in vit_layer_names(p["depth"])}
+    if family == "tiny10":
+        s1 = _conv(s, 3, 2, 1)
+        s2 = _conv(s1, 3, 2, 1)
+        w = p["width"]
+        sides = [(w, s), (w, s), (2 * w, s1), (2 * w, s1), (2 * w, s1), (4 * w, s2), (4 * w, s2 - 2), (4 * w, s2 - 2)]
+        return {name: ((c, h, h), "conv") for name, (c, h) in zip(tiny10_layer_names(), sides)}
+    if family == "googlenet":
+        s = _conv(_conv(s, 7, 2, 3), 3, 2, ceil=True)   # conv1, maxpool1
+        s3 = _conv(s, 3, 2, ceil=True)                   # conv2, conv3 keep the size; maxpool2
+        s4 = _conv(s3, 3, 2, ceil=True)                  # maxpool3 before inception4a
+        s5 = _conv(s4, 2, 2, ceil=True)                  # maxpool4 before inception5a
+        sides = [s3, s3, s4, s4, s4, s4, s4, s5, s5]
+        return {name: ((c, h, h), "conv") for name, c, h in zip(GOOGLENET_LAYERS, GOOGLENET_CHANNELS, sides)}
+    blocks = (2, 2, 2, 2) if family == "resnet18" else tuple(p["stage_blocks"])
+    out = {STEM: ((p["width"], s, s), "conv")} if family == "resnet" else {}
+    for stage, n in enumerate(blocks):
+        s = s if stage == 0 else _conv(s, 3, 2, 1)
+        for b in range(n):
+            out[f"layer{stage + 1}.{b}"] = ((p["width"] * 2 ** stage, s, s), "conv")
+    return out
+
+
+def resnet_param_count(width: int, stage_blocks, num_classes: int, in_channels: int = 3) -> int:
+    """Parameters of a CIFAR ResNet (``models.CifarResNet``): 3×3 convs, BatchNorm scale and shift, 1×1 shortcuts."""
+    n, c_in = 9 * in_channels * width + 2 * width, width
+    for stage, blocks in enumerate(stage_blocks):
+        c = width * 2 ** stage
+        for b in range(blocks):
+            n += 9 * c_in * c + 9 * c * c + 4 * c + ((c_in * c + 2 * c) if c_in != c or (b == 0 and stage) else 0)
+            c_in = c
+    return n + c_in * num_classes + num_classes
+
+
+def vit_encoder_param_count(tokens: int, hidden: int, depth: int, mlp: int) -> int:
+    """Parameters of torchvision's ViT ``Encoder``: positional embedding, pre-norm blocks, final LayerNorm."""
+    attention = (3 * hidden * hidden + 3 * hidden) + (hidden * hidden + hidden)  # in-projection q, k, v; out
+    block = 4 * hidden + attention + 2 * hidden * mlp + mlp + hidden  # two LayerNorms, attention, the MLP
+    return tokens * hidden + depth * block + 2 * hidden
+
+
+def param_count(family: str, params: dict, num_classes: int, image_size: int) -> int | None:
+    """Parameters of an architecture (checked against ``models.build`` in tests/test_models.py); None for a network
+    of your own."""
+    p = architecture_params(family, params)
+    if family in ("resnet18", "resnet"):
+        return resnet_param_count(p["width"], (2, 2, 2, 2) if family == "resnet18" else p["stage_blocks"], num_classes)
+    if family == "vit":
+        d, patch = p["hidden_dim"], p["patch_size"]
+        tokens = 1 + (image_size // patch) ** 2
+        return 3 * patch * patch * d + 2 * d + vit_encoder_param_count(tokens, d, p["depth"], p["mlp_dim"]) \
+            + d * num_classes + num_classes
+    if family == "tiny10":
+        from_, n = 3, 0
+        for mult, k in ((1, 3), (1, 3), (2, 3), (2, 3), (2, 3), (4, 3), (4, 3), (4, 1)):
+            n += from_ * mult * p["width"] * k * k + 2 * mult * p["width"]
+            from_ = mult * p["width"]
+        return n + from_ * num_classes + num_classes
+    if family == "googlenet":
+        return 5_599_904 + 1024 * num_classes + num_classes  # torchvision's GoogLeNet without auxiliary heads
+    return None

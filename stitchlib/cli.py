@@ -1,4 +1,4 @@
-"""Command line: ``stitchlib inspect FILE.h5`` and ``stitchlib check-config CONFIG.yaml``."""
+"""Command line: ``stitchlib inspect FILE.h5``, ``stitchlib check-config CONFIG.yaml``, ``stitchlib plan CONFIG``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="treat the config as untrusted (as STITCHLIB_UNTRUSTED=1): refuse YTE templates and "
                         "factories outside the allow-list (README: Trust model)")
     p.add_argument("--no-build", action="store_true", help="skip building the networks and detectors")
+    p = sub.add_parser("plan", help="per rule: jobs, estimated peak memory per job, what it writes, total disk")
+    p.add_argument("config")
+    p.add_argument("--profile", help="a Snakemake profile folder whose set-resources mem_mb override the rules' own "
+                                     "requests (e.g. profiles/slurm)")
+    p.add_argument("--max-mem-gb", type=float, help="also flag jobs whose estimate exceeds this (a node's memory)")
+    p.add_argument("--no-data", action="store_true", help="plan without the datasets present (skips the check that "
+                                                          "dataset roots and outlier files exist)")
     args = parser.parse_args(argv)
 
     if args.command == "inspect":
@@ -40,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from stitchlib import catalog, config
 
+    if args.command == "plan":
+        try:
+            return _plan(args)
+        except config.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if args.untrusted:
         os.environ[catalog.UNTRUSTED_ENV] = "1"
     try:
@@ -56,6 +69,36 @@ def main(argv: list[str] | None = None) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(yaml.safe_dump(cfg, sort_keys=False))
+    return 0
+
+
+def _plan(args) -> int:
+    """Print the footprint; exit status 2 when an estimate exceeds what its rule gets."""
+    from pathlib import Path
+
+    import yaml
+
+    from stitchlib import config, footprint
+
+    if args.no_data:
+        raw = yaml.safe_load(Path(args.config).read_text())
+        for d in (raw.get("datasets") or {}).values():
+            if isinstance(d, dict):
+                d["download"] = True  # the dataset check accepts a root that does not exist yet
+        if isinstance(raw.get("ood"), dict) and (raw["ood"].get("outliers") or {}).get("source") == "npy":
+            raw["ood"]["outliers"]["source"] = "sample_photos"  # the same sizes, no file needed
+        cfg = config.validate(raw)
+    else:
+        cfg = config.load(args.config)
+    requested = {}
+    if args.profile:
+        prof = yaml.safe_load((Path(args.profile) / "config.yaml").read_text()) or {}
+        requested = {rule: r["mem_mb"] for rule, r in (prof.get("set-resources") or {}).items() if "mem_mb" in r}
+    text, flagged = footprint.report(cfg, requested, args.max_mem_gb)
+    print(text)
+    if flagged:
+        print(f"\n{len(flagged)} rule(s) need more memory than they get: {', '.join(flagged)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -259,8 +259,6 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
             if size < least:
                 raise ConfigError(f"datasets.{ds}.image_size: {a['family']} ({where}) needs images of at least "
                                   f"{least} px, and dataset {ds!r} has {size}; set datasets.{ds}.image_size")
-    if cfg["tlm"].get("augment", "none") != "none":
-        raise ConfigError("tlm.augment: TLM trains on cached source activations; augmentation is not supported")
     _check_samples(cfg, "dm.samples", cfg["dm"]["samples"], "train")
     _check_samples(cfg, "similarity.samples", cfg["similarity"]["samples"], "test")
     n = cfg["similarity"]["samples"]
@@ -291,6 +289,7 @@ def _check_semantics(cfg: dict[str, Any]) -> None:
     _check_tasks(cfg)
     _check_cross(cfg)
     _check_frankenstein(cfg)
+    _check_cache(cfg)
     for arch, a in cfg["architectures"].items():
         if a["family"] == "custom":
             _check_custom(cfg, arch)
@@ -469,9 +468,77 @@ def _check_cross(cfg: dict[str, Any]) -> None:
                               "block-input grid needs family resnet (its stem output is a stitch point)")
     if c["conv_vit"] and sorted(archs[a]["family"] == "vit" for a in c["conv_vit"]) != [False, True]:
         raise ConfigError(f"cross.conv_vit: name one conv network and one vit, not {c['conv_vit']}")
-    if cross_tlm_settings(cfg).get("augment", "none") != "none":
-        raise ConfigError("cross.tlm.augment: TLM trains on cached source activations; augmentation is not supported")
     _check_samples(cfg, "cross.dm.samples", cross_dm_settings(cfg)["samples"], "train")
+
+
+# ----------------------------------------------------------------------------- the cache policy
+
+CONSUMERS = ("dm", "tlm", "detector", "frankenstein", "cross")  # jobs that read the training split's fronts
+
+
+def consumer_architectures(cfg: dict[str, Any], consumer: str) -> list[str]:
+    """The architectures whose training-split fronts ``consumer`` reads (empty when its study is off)."""
+    if consumer in ("dm", "tlm"):
+        on = consumer in cfg["stitching"]["methods"] or (consumer == "dm" and cfg["ding"]["enabled"])
+        return matrix_architectures(cfg) if on else []
+    if consumer == "detector":
+        return matrix_architectures(cfg) if cfg["ood"]["enabled"] else []
+    if consumer == "cross":
+        return list(dict.fromkeys([*cfg["cross"]["architectures"], *(cfg["cross"]["conv_vit"] or [])]))
+    f = cfg["frankenstein"]
+    if not f["enabled"]:
+        return []
+    r = frankenstein_settings(cfg)
+    return list(dict.fromkeys([*f["architectures"], *f["widths"], r["network"], r["cka_penalty"]["architecture"]]))
+
+
+def train_cache_bytes(cfg: dict[str, Any], arch: str, dataset: str) -> int | None:
+    """Bytes of one network's cached training split (every configured stitch point, ``extract.dtype``); None when
+    the shapes are unknown before the network runs (a network of your own)."""
+    a = cfg["architectures"][arch]
+    shapes = catalog.layer_shapes(a["family"], a["params"], image_size(cfg, dataset))
+    if shapes is None:
+        return None
+    per_image = sum(math.prod(shapes[name][0]) for name in layers(cfg, arch))
+    return catalog.dataset(dataset).splits[0] * per_image * (2 if cfg["extract"]["dtype"] == "float16" else 4)
+
+
+def front_policy(cfg: dict[str, Any], consumer: str) -> str:
+    """'cache' or 'recompute': where ``consumer`` takes training-split fronts from (``cache.train``, overridden per
+    consumer; ``auto`` = recompute when ``device`` is cuda or one of its networks' cached training split exceeds
+    ``cache.auto_limit_gb``; networks of your own, whose shapes are unknown before they run, count as small).
+    Decided when the workflow is parsed: the jobs' inputs depend on it."""
+    c = cfg["cache"]
+    policy = c["consumers"].get(consumer) or c["train"]
+    if policy != "auto":
+        return policy
+    if cfg["device"] == "cuda":
+        return "recompute"
+    sizes = [train_cache_bytes(cfg, arch, ds) for arch in consumer_architectures(cfg, consumer)
+             for ds in cfg["datasets"]]
+    return "recompute" if max([s or 0 for s in sizes], default=0) > c["auto_limit_gb"] * 1e9 else "cache"
+
+
+def caches_train_fronts(cfg: dict[str, Any], arch: str) -> bool:
+    """Whether extraction writes the training split's activations of ``arch``'s networks: some consumer of them
+    takes its fronts from the cache."""
+    return any(arch in consumer_architectures(cfg, c) and front_policy(cfg, c) == "cache" for c in CONSUMERS)
+
+
+def _check_cache(cfg: dict[str, Any]) -> None:
+    """Augmentation needs recomputed fronts (a cache holds fixed activations); a test subset must hold the indices'
+    samples."""
+    for where, settings, consumer in (("tlm", cfg["tlm"], "tlm"), ("cross.tlm", cross_tlm_settings(cfg), "cross"),
+                                      ("frankenstein.tlm", frankenstein_settings(cfg)["tlm"], "frankenstein")):
+        kind = settings.get("augment", "none")
+        if kind != "none" and consumer_architectures(cfg, consumer) and front_policy(cfg, consumer) != "recompute":
+            raise ConfigError(f"{where}.augment: {kind} augments the images, so the frozen fronts must be recomputed "
+                              f"from them; set cache.consumers.{consumer}: recompute (or cache.train: recompute); "
+                              "the activation cache holds fixed activations")
+    test, n = cfg["cache"]["test"]["samples"], cfg["similarity"]["samples"]
+    if test != "all" and n != "all" and n > test:
+        raise ConfigError(f"similarity.samples: {n} test images, but cache.test.samples caches only {test}")
+    _check_samples(cfg, "cache.test.samples", test, "test")
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -642,6 +709,23 @@ def frankenstein_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
+def frankenstein_runs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(experiment, Model 1, Model 2) of every job: Figs. 2–3 on every pair of every architecture, Fig. 4 on every
+    pair of `network`, Fig. 6 on its first pair, Figs. 7–8 on its first or every pair (`curves`), Fig. 5 on the
+    first network of its architecture stitched into itself."""
+    if not cfg["frankenstein"]["enabled"]:
+        return []
+    f = frankenstein_settings(cfg)
+    archs = dict.fromkeys([*f["architectures"], *f["widths"]])
+    runs = [("layers", s, t) for a in archs for s, t in frankenstein_pairs(cfg, a)]
+    pairs = frankenstein_pairs(cfg, f["network"])
+    curves = pairs if f["curves"] == "every_pair" else pairs[:1]
+    runs += [("track", s, t) for s, t in pairs] + [("inits", *pairs[0])]
+    runs += [(e, s, t) for e in ("lowrank", "sparsity") for s, t in curves]
+    me = network_id(f["cka_penalty"]["architecture"], f["seeds"][0])
+    return runs + [("cka_penalty", me, me)]
+
+
 def _check_frankenstein(cfg: dict[str, Any]) -> None:
     """Paper 2's study names existing architectures and, for each experiment, stitch points they have."""
     f = cfg["frankenstein"]
@@ -669,7 +753,4 @@ def _check_frankenstein(cfg: dict[str, Any]) -> None:
             if layer not in layers(cfg, arch):
                 raise ConfigError(f"frankenstein.{key}: {arch} has no stitch point {layer!r}; stitch points: "
                                   f"{layers(cfg, arch)}")
-    if r["tlm"].get("augment", "none") != "none":
-        raise ConfigError("frankenstein.tlm.augment: TLM trains on cached source activations; augmentation is not "
-                          "supported")
     _check_samples(cfg, "frankenstein.dm.samples", r["dm"]["samples"], "train")

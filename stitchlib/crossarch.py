@@ -82,22 +82,24 @@ def init_network(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], setti
     net = pipeline.build_network(spec)
     io.save_state_dict(ckpt, {k: v.cpu() for k, v in net.state_dict().items()})
     pipeline.extract(spec, ckpt, outputs, batch_size=settings["batch_size"], chunk=settings["chunk"],
-                     dtype=settings["dtype"], device=device)
+                     dtype=settings["dtype"], device=device, fronts=settings.get("fronts", True),
+                     test=settings.get("test"))
 
 
 def stitch_pair(src_spec: dict[str, Any], tgt_spec: dict[str, Any], inputs: dict[str, str],
                 dm_settings: dict[str, Any], tlm_settings: dict[str, Any], outputs: dict[str, str],
-                conv_stitch: str = "paper3", device: str = "auto") -> None:
+                conv_stitch: str = "paper3", device: str = "auto", fronts: dict[str, Any] | None = None) -> None:
     """DM, then TLM from DM, for every sender block output × receiver block input of one network pair.
 
-    ``inputs``: src/tgt train/test activation files and the receiver's checkpoint (trained or random);
-    ``outputs``: dm_pt, dm_csv, tlm_pt, tlm_csv, and the per-image NPZs dm_npz, tlm_npz (default: beside the CSVs).
+    ``inputs``: src/tgt train/test activation files and both checkpoints (trained or random); ``outputs``:
+    dm_pt, dm_csv, tlm_pt, tlm_csv, and the per-image NPZs dm_npz, tlm_npz (default: beside the CSVs); ``fronts``:
+    the cross consumer's cache policy (``pipeline.dm_pair``).
     """
     src, tgt = senders(src_spec), receivers(tgt_spec)
     pipeline.dm_pair(src, tgt, inputs, dm_settings, outputs["dm_pt"], outputs["dm_csv"], device, conv_stitch,
-                     outputs.get("dm_npz"))
+                     outputs.get("dm_npz"), fronts)
     pipeline.tlm_pair(src, tgt, {**inputs, "dm": outputs["dm_pt"]}, tlm_settings, outputs["tlm_pt"],
-                      outputs["tlm_csv"], device, conv_stitch, outputs.get("tlm_npz"))
+                      outputs["tlm_csv"], device, conv_stitch, outputs.get("tlm_npz"), fronts)
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -34,6 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -44,68 +45,13 @@ import torch
 from stitchlib import catalog, io, pipeline
 from stitchlib import similarity as sim
 from stitchlib import uncertainty as unc
-from stitchlib.stitching import AffineStitch, LeastSquares, evaluate, fit_dm, rows
+from stitchlib.stitching import AffineStitch, LowRank, evaluate, fit_dm, pooled
 from stitchlib.train import pick_device
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- representations
-
-def _channels_last(h: np.ndarray, layout: str) -> np.ndarray:
-    return np.moveaxis(h, 1, -1) if layout == "conv" else h
-
-
-def pooled(h: np.ndarray, layout: str) -> np.ndarray:
-    """Probe features: the global average over positions (conv, (N, C, H, W) → (N, C)) or the CLS token
-    (tokens, (N, T, D) → (N, D)), in float64."""
-    h = np.asarray(h, np.float64)
-    if layout == "conv":
-        return h.mean(axis=(2, 3))
-    if layout == "tokens":
-        return h[:, 0]
-    raise ValueError(f"unknown layout {layout!r}")
-
-
-class LowRank:
-    """Principal directions of a layer's rows (samples × positions or tokens, C columns), for low-rank
-    approximations ĥ = μ + (h − μ) V_r V_rᵀ that keep the layer's shape.
-
-    ``fit`` streams chunks and accumulates n, Σx and XᵀX in float64 (the covariance's eigenvectors are the
-    right singular vectors of the centred rows, sorted by decreasing variance).
-    """
-
-    def __init__(self, mean: np.ndarray, basis: np.ndarray, variances: np.ndarray):
-        self.mean, self.basis, self.variances = mean, basis, variances
-
-    @property
-    def channels(self) -> int:
-        return len(self.mean)
-
-    @classmethod
-    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> LowRank:
-        acc = None  # the least-squares accumulator with no targets: n, Σx, XᵀX
-        for h in chunks:
-            r = rows(np.asarray(h), layout)
-            acc = acc or LeastSquares(r.shape[1], 0)
-            acc.update(r, np.zeros((len(r), 0)))
-        if acc is None or acc.n < 2:
-            raise ValueError("low-rank approximation needs at least two rows")
-        mean, _, cov, _ = acc.centred()
-        evals, evecs = np.linalg.eigh(cov)
-        order = np.argsort(evals)[::-1]
-        return cls(mean, evecs[:, order], np.clip(evals[order], 0, None) / (acc.n - 1))
-
-    def apply(self, h: np.ndarray, rank: int, layout: str) -> np.ndarray:
-        """The rank-``rank`` approximation of ``h`` (same shape, float64); features last for 'pool'ed input."""
-        if not 1 <= rank <= self.channels:
-            raise ValueError(f"rank {rank} is outside 1..{self.channels} (the layer's channels)")
-        h = np.asarray(h, np.float64)
-        x = h if layout == "pool" else _channels_last(h, layout)
-        v = self.basis[:, :rank]
-        out = self.mean + ((x - self.mean) @ v) @ v.T
-        return out if layout == "pool" else np.ascontiguousarray(np.moveaxis(out, -1, 1) if layout == "conv" else out)
-
 
 def rank_grid(channels: int, ranks: int | list[int], where: str = "ding.sensitivity.ranks") -> list[int]:
     """Ranks from full (``channels``) down to 1: ``ranks`` = how many, spaced geometrically (full and 1
@@ -243,24 +189,18 @@ def _similarity_n(settings: dict[str, Any]) -> int | None:
     return None if settings["samples"] == "all" else settings["samples"]
 
 
-def sensitivity_rows(net, layer: str, train_h5: str, test_h5: str, fit_index: np.ndarray,
+def sensitivity_rows(net, layer: str, train_h5: str, test_h5: str, fit: np.ndarray,
                      settings: dict[str, Any], sim_settings: dict[str, Any], rcond: float,
                      device: torch.device) -> pd.DataFrame:
     """One row per rank of the low-rank family of ``layer``: probe accuracy, functional distance to the
-    reference (best probe) and d(reference, rank) for every measure."""
+    reference (best probe) and d(reference, rank) for every measure. The principal directions and the pooled
+    training features come from the training split's summary (``lowrank/<layer>``, ``pooled/<layer>``, written by
+    extraction); ``fit`` are the layer's activations of the K DM training images."""
     layout = net.layout
     train_y, test_y = io.read_array(train_h5, "labels"), io.read_array(test_h5, "labels")
-    pools = []
-
-    def chunks(step: int = 1024):  # one pass over the training split: principal directions and pooled features
-        for s in range(0, len(train_y), step):
-            h = io.read_layer(train_h5, layer, np.arange(s, min(s + step, len(train_y))))
-            pools.append(pooled(h, layout))
-            yield h
-
-    lra = LowRank.fit(chunks(), layout)
-    pool_train = np.concatenate(pools)
-    test, fit = io.read_layer(test_h5, layer), io.read_layer(train_h5, layer, fit_index)
+    lra = LowRank(*(io.read_array(train_h5, f"lowrank/{layer}/{k}") for k in ("mean", "basis", "variances")))
+    pool_train = io.read_array(train_h5, f"pooled/{layer}")
+    test = io.read_layer(test_h5, layer)
     pool_test = pooled(test, layout)
     ranks = rank_grid(lra.channels, settings["sensitivity"]["ranks"], f"ding.sensitivity.ranks ({layer})")
     probe = settings["probe"]
@@ -277,30 +217,39 @@ def sensitivity_rows(net, layer: str, train_h5: str, test_h5: str, fit_index: np
 
 def probe_rows(layers: list[str], layouts: dict[str, str], train_h5: str, test_h5: str, settings: dict[str, Any],
                device: torch.device) -> pd.DataFrame:
-    """Probe accuracy of every layer of one network's activation cache."""
+    """Probe accuracy of every layer of one network: pooled training features from the training split's summary,
+    the test split's pooled from its cache."""
     train_y, test_y = io.read_array(train_h5, "labels"), io.read_array(test_h5, "labels")
     p = settings["probe"]
     return pd.DataFrame([{"layer": layer, "probe_accuracy": probe_accuracy(
-        pooled(io.read_layer(train_h5, layer), layouts[layer]), train_y,
-        pooled(io.read_layer(test_h5, layer), layouts[layer]), test_y, l2=p["l2"], max_iter=p["max_iter"],
-        device=device)} for layer in layers])
+        io.read_array(train_h5, f"pooled/{layer}"), train_y, _pooled_h5(test_h5, layer, layouts[layer]), test_y,
+        l2=p["l2"], max_iter=p["max_iter"], device=device)} for layer in layers])
 
 
-def specificity_rows(probes: pd.DataFrame, load_net, files: dict[str, dict[str, str]], fit_index: np.ndarray,
+def _pooled_h5(path: str, layer: str, layout: str, block_mb: int = 256) -> np.ndarray:
+    """:func:`pooled` features of a cached layer, read in blocks of at most ``block_mb`` MB."""
+    with io.open_activations(path) as f:
+        per_image = 4 * int(np.prod(f["layers"][layer].shape[1:]))
+    return np.concatenate([pooled(b[f"layers/{layer}"], layout) for _, b in
+                           io.blocks(path, [f"layers/{layer}"], io.block_size(per_image, block_mb, 1))])
+
+
+def specificity_rows(probes: pd.DataFrame, load_net, files: dict[str, dict[str, str]], fits,
                      settings: dict[str, Any], sim_settings: dict[str, Any], rcond: float) -> pd.DataFrame:
     """d(reference, B) for every (network, layer) B of ``probes`` (columns net, layer, probe_accuracy), the
-    reference being the best-probed one; ``load_net(net)`` gives the reference's network for DM."""
+    reference being the best-probed one; ``load_net(net)`` gives the reference's network for DM, ``fits(net)``
+    a network's activations of the K DM training images, by layer."""
     df = _reference(probes.reset_index(drop=True))
     a = df[df["reference"]].iloc[0]
     tgt = files[a["net"]]
     compare = _Comparer(settings["measures"], sim_settings, _similarity_n(sim_settings), load_net(a["net"]),
-                        a["layer"], io.read_layer(tgt["train"], a["layer"], fit_index),
+                        a["layer"], fits(a["net"])[a["layer"]],
                         io.read_layer(tgt["test"], a["layer"]), io.read_array(tgt["test"], "labels"),
                         _network_accuracy(tgt["test"]), rcond)
     start, out = time.time(), []
     for _, b in df.iterrows():
         src = files[b["net"]]
-        out.append(compare(io.read_layer(src["train"], b["layer"], fit_index), io.read_layer(src["test"], b["layer"]),
+        out.append(compare(fits(b["net"])[b["layer"]], io.read_layer(src["test"], b["layer"]),
                            f"{b['net']}:{b['layer']}"))
     log.info("specificity: %d representations against %s:%s in %.1f s", len(df), a["net"], a["layer"],
              time.time() - start)
@@ -389,17 +338,27 @@ def probes_stage(spec: dict[str, Any], inputs: dict[str, str], settings: dict[st
     io.write_csv(df.assign(dataset=spec["dataset"], model=spec["arch"], net=spec["net"]), out_csv)
 
 
+def _fit_rows(spec: dict[str, Any], inputs: dict[str, str], layers: list[str], dm: dict[str, Any],
+              fronts: dict[str, Any] | None, dev) -> dict[str, np.ndarray]:
+    """A network's activations of the K DM training images at ``layers``: from the cache, or recomputed
+    (``fronts``: the dm consumer's policy)."""
+    fronts = fronts or pipeline.FRONTS_DEFAULT
+    src = pipeline.train_fronts(spec, fronts["policy"], inputs, dev, chunk=fronts["chunk"], buffer=fronts["buffer"])
+    return src.rows(layers, pipeline.dm_sample_index(src.n, dm["samples"], dm["seed"]))
+
+
 def sensitivity_stage(spec: dict[str, Any], layers: list[str], inputs: dict[str, str], settings: dict[str, Any],
-                      dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto") -> None:
+                      dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto",
+                      fronts: dict[str, Any] | None = None) -> None:
     """The low-rank families of ``layers`` of one network, every rank compared with the best-probed one."""
     dev = pick_device(device)
     pipeline.check_activations(spec, inputs["train"], inputs["test"])
     net = pipeline.load_network(spec, inputs["ckpt"], dev)
-    fit_index = pipeline.dm_sample_index(len(io.read_array(inputs["train"], "labels")), dm["samples"], dm["seed"])
+    fit = _fit_rows(spec, inputs, layers, dm, fronts, dev)
     parts = []
     for layer in layers:
         start = time.time()
-        parts.append(sensitivity_rows(net, layer, inputs["train"], inputs["test"], fit_index, settings, similarity,
+        parts.append(sensitivity_rows(net, layer, inputs["train"], inputs["test"], fit[layer], settings, similarity,
                                       dm["rcond"], dev))
         log.info("%s %s: %d ranks in %.1f s", spec["net"], layer, len(parts[-1]), time.time() - start)
     df = pd.concat(parts, ignore_index=True)
@@ -407,7 +366,8 @@ def sensitivity_stage(spec: dict[str, Any], layers: list[str], inputs: dict[str,
 
 
 def specificity_stage(specs: dict[str, dict[str, Any]], inputs: dict[str, str], settings: dict[str, Any],
-                      dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto") -> None:
+                      dm: dict[str, Any], similarity: dict[str, Any], out_csv: str, device: str = "auto",
+                      fronts: dict[str, Any] | None = None) -> None:
     """Every layer of every network of one architecture against the best-probed one. ``inputs`` holds, per
     network, ``{net}/probes``, ``{net}/train``, ``{net}/test`` and ``{net}/ckpt``."""
     dev = pick_device(device)
@@ -415,12 +375,10 @@ def specificity_stage(specs: dict[str, dict[str, Any]], inputs: dict[str, str], 
     files = {net: {k: inputs[f"{net}/{k}"] for k in ("train", "test", "ckpt")} for net in specs}
     for net, spec in specs.items():
         pipeline.check_activations(spec, files[net]["train"], files[net]["test"])
-    any_net = next(iter(specs))
-    fit_index = pipeline.dm_sample_index(len(io.read_array(files[any_net]["train"], "labels")), dm["samples"],
-                                         dm["seed"])
+    fits = lru_cache(maxsize=1)(lambda net: _fit_rows(specs[net], files[net], specs[net]["layers"], dm, fronts, dev))
     df = specificity_rows(probes[["net", "layer", "probe_accuracy"]], lambda net: pipeline.load_network(
-        specs[net], files[net]["ckpt"], dev), files, fit_index, settings, similarity, dm["rcond"])
-    spec = specs[any_net]
+        specs[net], files[net]["ckpt"], dev), files, fits, settings, similarity, dm["rcond"])
+    spec = specs[next(iter(specs))]
     io.write_csv(df.assign(dataset=spec["dataset"], model=spec["arch"]), out_csv)
 
 

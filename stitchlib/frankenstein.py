@@ -1,11 +1,11 @@
 """Paper 2's matching-method studies (Csiszárik et al. 2021, "Similarity and matching of neural network
-representations", the Frankenstein learning task), on cached activations.
+representations", the Frankenstein learning task), on cached or recomputed activations.
 
 Every experiment stitches layer L of Model 1 into the same layer L of Model 2 (same architecture, two
 seeds; the CKA-penalty study stitches a network into itself) and scores the stitched network on the test
-split relative to Model 2 (relative accuracy = stitched / Model 2 accuracy). The frozen front half never
-runs: Model 1's activations come from its activation cache. One function per experiment, each writing a
-long CSV that ``figures`` turns into the paper's figure:
+split relative to Model 2 (relative accuracy = stitched / Model 2 accuracy). Model 1's frozen front half comes
+from its activation cache or is recomputed from the images (``cache.consumers.frankenstein``). One function per
+experiment, each writing a long CSV that ``figures`` turns into the paper's figure:
 
 ====================  =====================================================================================
 ``layer_matching``    Fig. 2 / Fig. 3: per layer, least squares (LS), Procrustes and TLM from the LS init
@@ -34,7 +34,16 @@ import torch
 from stitchlib import io, plotting, tasks
 from stitchlib import similarity as sim
 from stitchlib import uncertainty as unc
-from stitchlib.pipeline import check_activations, dm_sample_index, layer_shapes, load_network, new_stitch, stitched
+from stitchlib.pipeline import (
+    FRONTS_DEFAULT,
+    check_activations,
+    dm_sample_index,
+    layer_shapes,
+    load_network,
+    new_stitch,
+    pair_fronts,
+    stitched,
+)
 from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, bottleneck, evaluate, fit_dm, init_stitch, rows, train_tlm
 from stitchlib.train import pick_device
@@ -43,53 +52,75 @@ log = logging.getLogger(__name__)
 
 
 class Pair:
-    """Model 1's and Model 2's cached activations at ``layers`` (both splits), Model 2 as the frozen receiver,
-    the labels and Model 2's logits; the receiving layer is always the source layer's namesake."""
+    """Model 1 → Model 2 at ``layers``: Model 2 as the frozen receiver, both networks' training-split fronts (from
+    their caches, read in shuffled chunks, or recomputed from the images: ``fronts``), the test split's cached
+    activations of one layer at a time, the labels and Model 2's logits; the receiving layer is always the source
+    layer's namesake."""
 
     def __init__(self, src_spec: dict, tgt_spec: dict, inputs: dict[str, str], layers: list[str],
-                 device: str = "auto"):
+                 device: str = "auto", fronts: dict[str, Any] | None = None, augment: str = "none", seed: int = 0):
         self.dev = pick_device(device)
+        self.fronts = fronts or FRONTS_DEFAULT
         check_activations(src_spec, inputs["src_train"], inputs["src_test"])
         check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
-        self.src_spec, self.tgt_spec, self.layers = src_spec, tgt_spec, list(layers)
+        self.src_spec, self.tgt_spec, self.layers, self.inputs = src_spec, tgt_spec, list(layers), inputs
         self.receiver = load_network(tgt_spec, inputs["tgt_ckpt"], self.dev)
-        self.src_shapes, self.tgt_shapes = layer_shapes(inputs["src_train"]), layer_shapes(inputs["tgt_train"])
-        self.src, self.tgt, self.labels, self.logits = {}, {}, {}, {}
+        self.src_shapes, self.tgt_shapes = layer_shapes(inputs["src_test"]), layer_shapes(inputs["tgt_test"])
+        self.src_fronts, self.tgt_fronts = pair_fronts(src_spec, tgt_spec, inputs, self.fronts, self.dev,
+                                                        augment, seed)
+        self.augment, self.labels, self.logits, self._test = augment, {}, {}, {}
         for split in ("train", "test"):
             self.labels[split] = torch.as_tensor(io.read_array(inputs[f"tgt_{split}"], "labels"))
             self.logits[split] = torch.as_tensor(io.read_array(inputs[f"tgt_{split}"], "logits"))
-            for layer in self.layers:
-                self.src[split, layer] = torch.as_tensor(io.read_layer(inputs[f"src_{split}"], layer))
-                self.tgt[split, layer] = torch.as_tensor(io.read_layer(inputs[f"tgt_{split}"], layer))
         self.task = tasks.for_dataset(tgt_spec["dataset"])
         self.receiver_accuracy = self.task.accuracy(self.logits["test"], self.labels["test"])
+
+    def test(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model 1's and Model 2's test activations at ``layer`` (one layer held at a time)."""
+        if layer not in self._test:
+            self._test = {layer: tuple(torch.as_tensor(io.read_layer(self.inputs[f"{side}_test"], layer))
+                                       for side in ("src", "tgt"))}
+        return self._test[layer]
 
     def new_stitch(self, layer: str) -> AffineStitch:
         return new_stitch(self.src_shapes, self.tgt_shapes, layer, layer).to(self.dev)
 
     def dm(self, layer: str, method: str = "ls", samples: int | str = "all", seed: int = 0, rcond: float = 1e-6,
            **kw: Any) -> AffineStitch:
-        """A direct-matching stitch fitted on the training split (all of it, or ``samples`` drawn images)."""
+        """A direct-matching stitch fitted on the training split (all of it, or ``samples`` drawn images), its
+        fronts streamed ``chunk`` images at a time."""
         idx = dm_sample_index(len(self.labels["train"]), samples, seed)
-        chunks = [torch.as_tensor(idx[i:i + 256]) for i in range(0, len(idx), 256)]
-        st = fit_dm(self.new_stitch(layer).cpu(), (self.src["train", layer][c] for c in chunks),
-                    (self.tgt["train", layer][c].numpy() for c in chunks), rcond=rcond, method=method, **kw)
+        chunks = [idx[i:i + self.fronts["chunk"]] for i in range(0, len(idx), self.fronts["chunk"])]
+        st = fit_dm(self.new_stitch(layer).cpu(), (self.src_fronts.rows([layer], c)[layer] for c in chunks),
+                    (self.tgt_fronts.rows([layer], c)[layer] for c in chunks), rcond=rcond, method=method, **kw)
         return st.to(self.dev)
 
     def tlm(self, stitches: dict[Any, AffineStitch], layer: str, cfg: dict[str, Any], seed: int,
             on_step: Callable[[int, int], None] | None = None) -> list[float]:
         """Train ``stitches`` (all into ``layer``) together on the training split; ``cfg`` as ``train_tlm``."""
-        src, tgt = self.src["train", layer], self.tgt["train", layer]
-        return train_tlm(stitches, self.receiver, self.receiver.layer_index(layer), lambda k, idx: src[idx],
-                         self.labels["train"], cfg, seed=seed, soft_targets=self.logits["train"],
-                         target=lambda k, idx: tgt[idx], on_step=on_step, task=self.task,
-                         progress=lambda s: log.debug(s))
+        held: dict[str, torch.Tensor] = {}
+        cka, soft = bool(cfg.get("cka_penalty")), cfg.get("labels", "hard") == "soft"
+
+        def prepare(epoch: int, step: int, idx: torch.Tensor) -> None:
+            held["src"] = self.src_fronts.batch([layer], idx, epoch, step)[layer]
+            if cka:
+                held["tgt"] = self.tgt_fronts.batch([layer], idx, epoch, step)[layer]
+            if soft and self.augment != "none":  # Model 2's outputs on the same augmented images
+                with torch.no_grad():
+                    held["soft"] = self.receiver(self.tgt_fronts.inputs(idx, epoch, step))
+
+        soft_targets = (lambda idx: held["soft"]) if soft and self.augment != "none" else self.logits["train"]
+        return train_tlm(stitches, self.receiver, self.receiver.layer_index(layer), lambda k, idx: held["src"],
+                         self.labels["train"], cfg, seed=seed, soft_targets=soft_targets,
+                         target=lambda k, idx: held["tgt"], on_step=on_step, task=self.task,
+                         progress=lambda s: log.debug(s), chunk=self.fronts["chunk"], buffer=self.fronts["buffer"],
+                         prepare=prepare)
 
     def score(self, stitch: AffineStitch, layer: str) -> dict[str, float]:
         """Test accuracy, relative accuracy, cross-entropy to Model 2's outputs and DM(struct)."""
-        r = evaluate(stitch, self.receiver, self.receiver.layer_index(layer), self.src["test", layer],
-                     self.tgt["test", layer], self.labels["test"], reference_logits=self.logits["test"],
-                     task=self.task)
+        src, tgt = self.test(layer)
+        r = evaluate(stitch, self.receiver, self.receiver.layer_index(layer), src, tgt, self.labels["test"],
+                     reference_logits=self.logits["test"], task=self.task)
         return {"accuracy": r["accuracy"], "relative_accuracy": r["accuracy"] / self.receiver_accuracy,
                 "cross_entropy": r["cross_entropy"], "struct": r["struct"]}
 
@@ -99,7 +130,8 @@ class Pair:
         a sample, so the regression is determined), in float64. The other direction, stitched → Model 2, is
         the same for every invertible stitch of one source (an affine map of the regressors changes no fit),
         so it could not move while a stitch trains."""
-        s, t = stitched(stitch, self.src["test", layer]).double(), self.tgt["test", layer].double()
+        src, tgt = self.test(layer)
+        s, t = stitched(stitch, src).double(), tgt.double()
         layout = self.tgt_shapes[layer][1]
         return {"cka": sim.lcka(s, t), "r2_lr": sim.r2_lr(rows(t, layout), rows(s, layout))}
 
@@ -257,8 +289,9 @@ EXPERIMENTS = ("layers", "track", "cka_penalty", "inits", "lowrank", "sparsity")
 
 
 def run(experiment: str, src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any],
-        outputs: dict[str, str], device: str = "auto") -> None:
-    """One workflow job: ``experiment`` on one (Model 1, Model 2) pair; ``outputs`` name its files."""
+        outputs: dict[str, str], device: str = "auto", fronts: dict[str, Any] | None = None) -> None:
+    """One workflow job: ``experiment`` on one (Model 1, Model 2) pair; ``outputs`` name its files; ``fronts``
+    the frankenstein consumer's cache policy, chunk and buffer."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; use one of {EXPERIMENTS}")
     # ``settings``: dm, tlm and the experiment's own section (a job sees only what it reads)
@@ -266,7 +299,8 @@ def run(experiment: str, src_spec: dict, tgt_spec: dict, inputs: dict[str, str],
         if experiment == "lowrank" else [settings[experiment]["layer"]]
     torch.manual_seed(0)
     start = time.time()
-    pair = Pair(src_spec, tgt_spec, inputs, layers, device)
+    pair = Pair(src_spec, tgt_spec, inputs, layers, device, fronts, settings["tlm"].get("augment", "none"),
+                settings["tlm"]["seed"])
     if experiment == "layers":
         io.write_csv(layer_matching(pair, settings), outputs["csv"])
     elif experiment == "track":

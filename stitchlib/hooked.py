@@ -186,6 +186,12 @@ class HookedNetwork(Stitchable):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def fronts(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        if len(layers) == 1:
+            return {layers[0]: self.front(x, layers[0])}
+        _, outs = self.forward_all(x)
+        return {layer: outs[self.layer_index(layer)] for layer in layers}
+
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         outs: dict[int, torch.Tensor] = {}
         hooks = {i: _record(outs, i) for i in range(len(self.layer_names))}

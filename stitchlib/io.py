@@ -17,8 +17,18 @@ HDF5 activation layout (one file per network and split)::
     /labels            int64 (N,)
     /logits            float32 (N, classes)     the network's own outputs
     /layers/<name>     float32 (N, C, H, W) or (N, T, D), chunked along samples, attr ``layout``
-    attrs              provenance (network, dataset, split, checkpoint sha256, versions, ...),
-                       ``complete`` = True written last
+    /index             int64 (N,)               only for a subset: which images of the split, in file order
+    /pooled/<name>     float64 (N, C)           training split: each layer pooled (conv: mean over positions,
+                                                tokens: the CLS token), the linear probes' features
+    /lowrank/<name>/{mean,basis,variances}      training split: the principal directions of each layer's rows
+                                                (positions or tokens), the sensitivity test's low-rank family
+    attrs              provenance (network, dataset, split, checkpoint sha256, versions, ...), ``fronts``
+                       (``cached``: /layers holds every image; ``summary``: training consumers recompute the
+                       fronts and /layers is empty), ``complete`` = True written last
+
+Training consumers read a cached layer through :class:`ChunkedLayer` in the order of :func:`epoch_order`
+(chunk-level shuffle plus an in-buffer shuffle), evaluation reads sequential blocks (:func:`blocks`): a job
+holds a bounded number of images of a layer, never a whole training split.
 """
 
 from __future__ import annotations
@@ -37,12 +47,15 @@ import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from stitchlib import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 TMP_SUFFIX = ".tmp"
 
@@ -348,14 +361,22 @@ class ActivationWriter:
         return self.f[name]
 
     def append(self, labels: np.ndarray, logits: np.ndarray, layers: dict[str, np.ndarray],
-               layouts: dict[str, str]) -> None:
+               layouts: dict[str, str], **per_sample: np.ndarray) -> None:
+        """One batch: labels, logits, ``layers`` (name → activations, written in the file's dtype) and any other
+        per-sample arrays by dataset path (e.g. ``index``, ``pooled/<layer>``, kept in their own dtype)."""
         b = len(labels)
         sl = slice(self.pos, self.pos + b)
         self._dataset("labels", labels.shape[1:], "int64")[sl] = labels  # (N,) classes or (N, A) attributes
         self._dataset("logits", logits.shape[1:], "float32")[sl] = logits
         for name, a in layers.items():
             self._dataset(f"layers/{name}", a.shape[1:], self.dtype, layout=layouts[name])[sl] = a
+        for name, a in per_sample.items():
+            self._dataset(name, a.shape[1:], a.dtype)[sl] = a
         self.pos += b
+
+    def put(self, name: str, a: np.ndarray) -> None:
+        """A whole array at dataset path ``name`` (e.g. ``lowrank/<layer>/basis``)."""
+        self.f.create_dataset(name, data=a)
 
     def __enter__(self) -> ActivationWriter:
         return self
@@ -401,13 +422,18 @@ def open_activations(path: str | os.PathLike) -> h5py.File:
 
 def check_layer_shapes(path: str | os.PathLike, expected: Mapping[str, tuple[int, ...]]) -> None:
     """Raise ValueError naming the file, the layer, the expected and the stored per-sample shape when a
-    layer of ``expected`` (name → per-sample shape the network produces) is missing or differs."""
+    layer of ``expected`` (name → per-sample shape the network produces) is missing or differs. A training
+    summary (no cached fronts) is checked by its pooled features: (C,) of a conv map, (D,) of tokens."""
     with open_activations(path) as f:
+        summary = f.attrs.get("fronts") == "summary"
+        group = f["pooled"] if summary else f["layers"]
         for layer, shape in expected.items():
-            if layer not in f["layers"]:
-                raise ValueError(f"{path}: no layer {layer!r}; layers are {list(f['layers'])}")
-            found = tuple(f["layers"][layer].shape[1:])
-            if found != tuple(shape):
+            if layer not in group:
+                raise ValueError(f"{path}: no layer {layer!r}; layers are {list(group)}")
+            found, shape = tuple(group[layer].shape[1:]), tuple(shape)
+            if summary:
+                shape = shape[-1:] if len(shape) == 2 else shape[:1]
+            if found != shape:
                 raise ValueError(f"{path}: layer {layer!r} has per-sample shape {found}, but the network "
                                  f"produces {tuple(shape)} there; the file was written by a different network or "
                                  "is corrupt: delete it and rerun")
@@ -420,12 +446,116 @@ def read_layer(path: str | os.PathLike, layer: str, index: np.ndarray | slice | 
             raise KeyError(f"{path}: no layer {layer!r}; layers are {list(f['layers'])}")
         d = f["layers"][layer]
         a = d[()] if index is None else d[index]
-    a = np.asarray(a, dtype=np.float32)
+    return _finite(np.asarray(a, dtype=np.float32), path, layer)
+
+
+def _finite(a: np.ndarray, path, layer: str) -> np.ndarray:
     if not np.isfinite(a).all():
         bad = a.size - int(np.isfinite(a).sum())
         raise ValueError(f"{path}: layer {layer!r} contains NaN or infinite values ({bad} of {a.size} read); "
                          "activations must be finite (a diverged network or a corrupt file)")
     return a
+
+
+# ----------------------------------------------------------------------------- streamed reading
+
+def epoch_order(n: int, chunk: int, buffer: int, generator) -> torch.Tensor:
+    """One epoch's order of the samples 0…n−1, a function of (the generator's seed and state, n, chunk, buffer)
+    only, so that reading a cache and recomputing from images give the same batches.
+
+    n ≤ buffer: a uniform permutation (``torch.randperm``). Otherwise the ⌈n/chunk⌉ chunks of ``chunk``
+    consecutive samples in random order, taken ``buffer // chunk`` at a time (a window), and each window's
+    samples in random order: a reader of the cache holds one window (two where a batch spans both) and reads
+    each chunk once per epoch.
+    """
+    import torch
+
+    if n <= buffer:
+        return torch.randperm(n, generator=generator)
+    per = max(1, buffer // chunk)
+    chunks = torch.randperm(-(-n // chunk), generator=generator).tolist()
+    parts = []
+    for w in range(0, len(chunks), per):
+        ids = torch.cat([torch.arange(c * chunk, min((c + 1) * chunk, n)) for c in chunks[w:w + per]])
+        parts.append(ids[torch.randperm(len(ids), generator=generator)])
+    return torch.cat(parts)
+
+
+class ChunkedLayer:
+    """Rows of one cached dataset (a layer, or e.g. ``logits``) by sample index, through a least-recently-used
+    cache of whole chunks of ``chunk`` samples: at most ``capacity`` chunks are held, so batches drawn in
+    :func:`epoch_order` with ``capacity = 2 · buffer / chunk`` read every chunk once per epoch and hold at most
+    two buffers. Rows come back as float32 (float16 caches widened), checked finite."""
+
+    def __init__(self, path: str | os.PathLike, layer: str, chunk: int, capacity: int, name: str | None = None):
+        self.path, self.layer, self.chunk, self.capacity = Path(path), layer, chunk, max(1, capacity)
+        self.f = open_activations(path)
+        name = name or f"layers/{layer}"
+        if name not in self.f:
+            summary = self.f.attrs.get("fronts") == "summary"
+            self.f.close()
+            hint = " (this training split holds only its summary, written when no consumer reads cached fronts: " \
+                "see cache.train)" if summary else ""
+            raise KeyError(f"{path}: no {name!r}{hint}")
+        self.d = self.f[name]
+        self.n = len(self.d)
+        self._chunks: dict[int, np.ndarray] = {}  # insertion order = recency
+
+    def _get(self, c: int) -> np.ndarray:
+        if c in self._chunks:
+            self._chunks[c] = self._chunks.pop(c)
+        else:
+            a = np.asarray(self.d[c * self.chunk:(c + 1) * self.chunk], dtype=np.float32)
+            self._chunks[c] = _finite(a, self.path, self.layer)
+        return self._chunks[c]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.arange(self.n)[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64)
+        which = idx // self.chunk
+        out = np.empty((len(idx), *self.d.shape[1:]), np.float32)
+        for c in np.unique(which):
+            sel = which == c
+            out[sel] = self._get(int(c))[idx[sel] - c * self.chunk]
+        while len(self._chunks) > self.capacity:
+            self._chunks.pop(next(iter(self._chunks)))
+        return out
+
+    def close(self) -> None:
+        self._chunks.clear()
+        self.f.close()
+
+    def __enter__(self) -> ChunkedLayer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def block_size(bytes_per_image: int, block_mb: int, multiple: int = 256) -> int:
+    """Images per block so that a block holds at most ``block_mb`` MB (at least ``multiple``, and a multiple of it:
+    sums over batches of ``multiple`` then run in the same order whatever the block size)."""
+    return max(1, int(block_mb * 2 ** 20 // max(1, bytes_per_image)) // multiple) * multiple
+
+
+def blocks(path: str | os.PathLike, names: list[str], block: int) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+    """Sequential blocks of ``block`` samples of the datasets ``names`` (``layers/<l>``, ``labels``, ``logits``) of
+    one activation file, layers as float32 checked finite: evaluation streams the test split this way."""
+    with open_activations(path) as f:
+        for name in names:
+            if name not in f:
+                raise KeyError(f"{path}: no {name!r}; layers are {list(f['layers'])}")
+        n = len(f["labels"])
+        for s in range(0, n, block):
+            out = {}
+            for name in names:
+                a = f[name][s:s + block]
+                if name.startswith("layers/"):
+                    a = _finite(np.asarray(a, np.float32), path, name[len("layers/"):])
+                out[name] = a
+            yield slice(s, min(s + block, n)), out
 
 
 def layer_layout(path: str | os.PathLike, layer: str) -> str:

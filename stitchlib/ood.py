@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stitchlib import catalog
+from stitchlib.io import epoch_order
 from stitchlib.models import CifarResNet
 from stitchlib.progress import Progress
 from stitchlib.train import make_optimizer, set_epoch_lr
@@ -156,13 +157,21 @@ def oe_loss(logits_in: torch.Tensor, labels: torch.Tensor, logits_out: torch.Ten
     return F.cross_entropy(logits_in, labels) + weight * hinge
 
 
+def _rows(acts, idx) -> torch.Tensor:
+    """Rows ``idx`` of activations held in memory or read on demand (any array-like with ``len`` and ``[idx]``:
+    ``io.ChunkedLayer``, ``pipeline.FrontRows``), as float32."""
+    return torch.as_tensor(acts[idx], dtype=torch.float32)
+
+
 @torch.no_grad()
 def energy(detector: nn.Module, acts: Array, batch_size: int = 256) -> np.ndarray:
-    """Energies E(h) (float64, one per sample) of ``acts`` under ``detector`` in eval mode, on its device."""
+    """Energies E(h) (float64, one per sample) of ``acts`` under ``detector`` in eval mode, on its device; ``acts``
+    may be read on demand, a batch at a time (``_rows``)."""
     detector.eval()
     dev = next(detector.parameters()).device
-    acts = torch.as_tensor(acts, dtype=torch.float32)
-    out = [energy_of(detector(acts[i:i + batch_size].to(dev))).double().cpu() for i in range(0, len(acts), batch_size)]
+    acts = acts if hasattr(acts, "__getitem__") and not isinstance(acts, (list, tuple)) else np.asarray(acts)
+    out = [energy_of(detector(_rows(acts, slice(i, i + batch_size)).to(dev))).double().cpu()
+           for i in range(0, len(acts), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -227,10 +236,10 @@ def _merge_cfg(cfg: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {k: {**v, **cfg.get(k, {})} for k, v in DEFAULT_CFG.items()}
 
 
-def _cycled(n: int, count: int, g: torch.Generator) -> torch.Tensor:
-    """``count`` indices into range(n): concatenated random permutations (each outlier once before repeats)."""
+def _cycled(n: int, count: int, g: torch.Generator, chunk: int, buffer: int) -> torch.Tensor:
+    """``count`` indices into range(n): concatenated epoch orders (each outlier once before repeats)."""
     reps = math.ceil(count / n)
-    return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:count]
+    return torch.cat([epoch_order(n, chunk, buffer, g) for _ in range(reps)])[:count]
 
 
 def _lr_stepper(opt: torch.optim.Optimizer, stage: dict[str, Any]) -> Callable[..., None]:
@@ -252,13 +261,18 @@ def _lr_stepper(opt: torch.optim.Optimizer, stage: dict[str, Any]) -> Callable[.
 
 def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_acts: Array,
                    cfg: dict[str, Any] | None = None, *, seed: int, device: torch.device | str = "cpu",
-                   progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+                   progress: Callable[[str], None] = log.info, chunk: int = 256,
+                   buffer: int | None = None) -> dict[str, Any]:
     """Train ``detector`` in two stages; returns the loss and lr per epoch and the final ID accuracy.
 
     Stage 1 (``cfg['pretrain']``): cross-entropy on the network's own activations ``in_acts`` with the input
     ``labels``. Stage 2 (``cfg['finetune']``): outlier exposure; every batch holds b = batch_size // 2 ID samples
     and b ``outlier_acts`` (cycled through random permutations), passed through the detector together (shared
     BatchNorm statistics, as in Liu et al.), loss :func:`oe_loss` with m_in, m_out, energy_weight.
+
+    ``in_acts`` and ``outlier_acts`` may be arrays or read on demand (``_rows``: a cache read in shuffled chunks,
+    or fronts recomputed from images); each epoch's order is ``io.epoch_order(n, chunk, buffer)`` (a plain
+    permutation when ``buffer`` is None or ≥ n).
 
     Both stages use :func:`stitchlib.train.make_optimizer` and set the learning rate once per epoch
     (``set_epoch_lr``: lr · lr_factor(cfg, epoch), e.g. cosine over the fine-tuning epochs), or with a stage's
@@ -271,9 +285,9 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     """
     cfg = _merge_cfg(cfg)
     device = torch.device(device)
-    x = torch.as_tensor(in_acts, dtype=torch.float32)
+    x, xo = in_acts, outlier_acts
     y = torch.as_tensor(labels, dtype=torch.long)
-    xo = torch.as_tensor(outlier_acts, dtype=torch.float32)
+    buf = lambda n: buffer or n  # noqa: E731
     if len(x) != len(y):
         raise ValueError(f"{len(x)} activations but {len(y)} labels")
     if len(xo) == 0:
@@ -290,11 +304,11 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     for epoch in range(pre["epochs"]):
         lr_at(epoch=epoch)
         detector.train()
-        order, total = torch.randperm(len(x), generator=g), 0.0
+        order, total = epoch_order(len(x), chunk, buf(len(x)), g), 0.0
         for i in range(0, len(x), pre["batch_size"]):
             lr_at()
             idx = order[i:i + pre["batch_size"]]
-            loss = F.cross_entropy(detector(x[idx].to(device)), y[idx].to(device))
+            loss = F.cross_entropy(detector(_rows(x, idx).to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -310,11 +324,12 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
     for epoch in range(fin["epochs"]):
         lr_at(epoch=epoch)
         detector.train()
-        order, out_order, total = torch.randperm(len(x), generator=g), _cycled(len(xo), len(x), g), 0.0
+        order = epoch_order(len(x), chunk, buf(len(x)), g)
+        out_order, total = _cycled(len(xo), len(x), g, chunk, buf(len(xo))), 0.0
         for i in range(0, len(x), b):
             lr_at()
             idx, odx = order[i:i + b], out_order[i:i + b]
-            logits = detector(torch.cat([x[idx], xo[odx]]).to(device))
+            logits = detector(torch.cat([_rows(x, idx), _rows(xo, odx)]).to(device))
             loss = oe_loss(logits[:len(idx)], y[idx].to(device), logits[len(idx):], fin["m_in"], fin["m_out"],
                            fin["energy_weight"])
             opt.zero_grad(set_to_none=True)
@@ -327,7 +342,7 @@ def train_detector(detector: nn.Module, in_acts: Array, labels: Array, outlier_a
 
     detector.eval()
     with torch.no_grad():
-        dev_x = [detector(x[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, len(x), 256)]
+        dev_x = [detector(_rows(x, slice(i, i + 256)).to(device)).argmax(1).cpu() for i in range(0, len(x), 256)]
     metrics["train_accuracy"] = float((torch.cat(dev_x) == y).float().mean()) if dev_x else float("nan")
     return metrics
 

@@ -21,8 +21,9 @@ from stitchlib import catalog, data, hooked, io, models, ood, tasks
 from stitchlib import config as sconf
 from stitchlib import similarity as sim
 from stitchlib import uncertainty as unc
+from stitchlib.footprint import INDEX_STATS_BYTES
 from stitchlib.progress import Progress
-from stitchlib.stitching import AffineStitch, evaluate, fit_dm, make_stitch, train_tlm
+from stitchlib.stitching import AffineStitch, Evaluation, LeastSquares, LowRank, dm_rows, make_stitch, pooled, train_tlm
 from stitchlib.train import accuracy, pick_device, train_network
 
 log = logging.getLogger(__name__)
@@ -149,30 +150,152 @@ def train(spec: dict[str, Any], settings: dict[str, Any], ckpt: str, metrics: st
     log.info("%s: train %.4f test %.4f", spec["net"], result["train_accuracy"], result["test_accuracy"])
 
 
+def _test_subset(n: int, test: dict[str, Any] | None) -> np.ndarray | None:
+    """``cache.test``: the test images cached, a seeded random subset in that random order (None: all, in order)."""
+    if not test or test["samples"] == "all" or test["samples"] >= n:
+        return None
+    return np.random.default_rng(test["seed"]).permutation(n)[:test["samples"]]
+
+
 @torch.no_grad()
 def extract(spec: dict[str, Any], ckpt: str, outputs: dict[str, str], batch_size: int = 256, chunk: int = 256,
-            dtype: str = "float32", device: str = "auto", outliers: dict[str, Any] | None = None) -> None:
+            dtype: str = "float32", device: str = "auto", outliers: dict[str, Any] | None = None,
+            fronts: bool = True, test: dict[str, Any] | None = None) -> None:
     """Write every stitch point's activations for each split in ``outputs`` (split → .h5 path); the splits
-    ``outliers``/``heldout`` push the OOD settings' outlier images through the network."""
+    ``outliers``/``heldout`` push the OOD settings' outlier images through the network.
+
+    The training split always gets its summary, what probes and the sensitivity test read: each layer's pooled
+    features and principal directions (io's layout). ``fronts=False`` writes only that summary of it: every
+    consumer recomputes its fronts. ``test`` (``cache.test``) caches a seeded subset of the test split."""
     dev = pick_device(device)
     net = load_network(spec, ckpt, dev)
     keep = [net.layer_index(name) for name in spec["layers"]]
     for split, path in outputs.items():
         ds = load_split(spec, split, outliers)
+        subset = _test_subset(len(ds), test) if split == "test" else None
+        n, summary = len(ds) if subset is None else len(subset), split == "train"
         attrs = {"network": spec["net"], "dataset": spec["dataset"], "split": split, "spec": spec,
-                 "layer_order": spec["layers"], "checkpoint_sha256": io.sha256(ckpt), **io.provenance()}
-        with io.ActivationWriter(path, len(ds), attrs, chunk=chunk, dtype=dtype) as w:
-            for x, y in data.batches(ds, batch_size):
+                 "layer_order": spec["layers"], "checkpoint_sha256": io.sha256(ckpt),
+                 "fronts": "summary" if summary and not fronts else "cached", **io.provenance()}
+        batches = data.batches(ds, batch_size) if subset is None else \
+            (data.take(ds, subset[s:s + batch_size]) for s in range(0, n, batch_size))
+        lowrank: dict[str, Any] = {}
+        with io.ActivationWriter(path, n, attrs, chunk=chunk, dtype=dtype) as w:
+            for b, (x, y) in enumerate(batches):
                 logits, outs = net.forward_all(x.to(dev))
                 for i in keep:
                     if not torch.isfinite(outs[i]).all():
                         raise ValueError(f"{spec['net']} (checkpoint {ckpt}) produces NaN or infinite activations "
                                          f"at layer {net.layer_names[i]!r} on split {split!r}: the network diverged; "
                                          "retrain it (lower the learning rate) before extracting")
-                w.append(y.numpy(), logits.float().cpu().numpy(),
-                         {net.layer_names[i]: outs[i].float().cpu().numpy() for i in keep},
-                         {net.layer_names[i]: net.layout for i in keep})
-        log.info("%s: wrote %s (%d samples, %d layers)", spec["net"], path, len(ds), len(keep))
+                acts = {net.layer_names[i]: outs[i].float().cpu().numpy() for i in keep}
+                extra = {} if subset is None else {"index": subset[b * batch_size:b * batch_size + len(y)]}
+                for name, a in acts.items() if summary else ():
+                    stored = a.astype(dtype).astype(np.float32)  # the values a reader of the cache gets
+                    extra[f"pooled/{name}"] = pooled(stored, net.layout)
+                    lowrank[name] = LowRank.add(lowrank.get(name), stored, net.layout)
+                w.append(y.numpy(), logits.float().cpu().numpy(), acts if fronts or not summary else {},
+                         {name: net.layout for name in acts}, **extra)
+            for name, acc in lowrank.items():
+                lr = LowRank.of(acc)
+                for key in ("mean", "basis", "variances"):
+                    w.put(f"lowrank/{name}/{key}", getattr(lr, key))
+        log.info("%s: wrote %s (%d samples, %d layers%s)", spec["net"], path, n, len(keep),
+                 "" if fronts or not summary else ", summary only")
+
+
+# ----------------------------------------------------------------------------- fronts: cached or recomputed
+
+class CachedFronts:
+    """The training split's front halves f≤i(x) from a network's activation cache. Training batches
+    (:meth:`batch`) go through one :class:`io.ChunkedLayer` per layer read, each holding at most two shuffle
+    buffers of its layer."""
+
+    def __init__(self, path: str, chunk: int = 256, buffer: int = 2048):
+        self.path, self.chunk, self.buffer = path, chunk, buffer
+        self.n = len(io.read_array(path, "labels"))
+        self._readers: dict[str, io.ChunkedLayer] = {}
+
+    def rows(self, layers: list[str], ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Activations of the images ``ids`` (sorted) at each layer, as stored (DM's fits)."""
+        ids = np.asarray(ids)
+        index = slice(int(ids[0]), int(ids[-1]) + 1) if len(ids) and (np.diff(ids) == 1).all() else ids
+        return {layer: io.read_layer(self.path, layer, index) for layer in layers}
+
+    def batch(self, layers: list[str], idx: torch.Tensor, epoch: int = 0, step: int = 0) -> dict[str, torch.Tensor]:
+        """A training batch at each layer (the cache holds no augmentation: ``epoch`` and ``step`` are unused)."""
+        for layer in layers:
+            if layer not in self._readers:
+                self._readers[layer] = io.ChunkedLayer(self.path, layer, self.chunk, 2 * -(-self.buffer // self.chunk))
+        return {layer: torch.from_numpy(self._readers[layer][idx.numpy()]) for layer in layers}
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers.clear()
+
+
+class RecomputedFronts:
+    """The front halves f≤i(x) of training images recomputed by the frozen network ``net`` on its device, a batch
+    at a time. With ``augment`` (``data.augment``: paper 1's flip + crop) each training batch is augmented with a
+    generator seeded by (seed, epoch, step), so every stitch that trains on the same batch sees the same images."""
+
+    def __init__(self, net: models.Stitchable, images, augment: str = "none", seed: int = 0, batch_size: int = 256):
+        self.net, self.images, self.augment, self.seed, self.batch_size = net, images, augment, seed, batch_size
+        self.dev = next(net.parameters()).device
+        self.n = len(images)
+
+    @torch.no_grad()
+    def rows(self, layers: list[str], ids: np.ndarray) -> dict[str, np.ndarray]:
+        out = {layer: [] for layer in layers}
+        for s in range(0, len(ids), self.batch_size):
+            h = self.net.fronts(data.take(self.images, ids[s:s + self.batch_size])[0].to(self.dev), layers)
+            for layer in layers:
+                out[layer].append(h[layer].float().cpu().numpy())
+        return {layer: np.concatenate(v) for layer, v in out.items()}
+
+    def inputs(self, idx: torch.Tensor, epoch: int = 0, step: int = 0) -> torch.Tensor:
+        """The images of a training batch on the device, augmented when asked."""
+        x = data.take(self.images, idx)[0]
+        if self.augment != "none":
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + step)
+            x = data.augment(x, self.augment, g)
+        return x.to(self.dev)
+
+    @torch.no_grad()
+    def batch(self, layers: list[str], idx: torch.Tensor, epoch: int = 0, step: int = 0) -> dict[str, torch.Tensor]:
+        return self.net.fronts(self.inputs(idx, epoch, step), layers)
+
+    def close(self) -> None:
+        pass
+
+
+class FrontRows:
+    """One layer of a fronts source as an array-like of rows (``len``, ``[idx]``): the OOD detectors' input."""
+
+    def __init__(self, fronts, layer: str):
+        self.fronts, self.layer = fronts, layer
+
+    def __len__(self) -> int:
+        return self.fronts.n
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        idx = torch.arange(self.fronts.n)[idx] if isinstance(idx, slice) else torch.as_tensor(idx)
+        return self.fronts.batch([self.layer], idx)[self.layer]
+
+
+def train_fronts(spec: dict[str, Any], policy: str, inputs: dict[str, str], device: torch.device, *,
+                 split: str = "train", outliers: dict[str, Any] | None = None, augment: str = "none",
+                 seed: int = 0, chunk: int = 256, buffer: int = 2048):
+    """Where a training consumer takes ``spec``'s network's fronts on ``split`` from: the activation file
+    ``inputs[split]`` (policy 'cache') or the network of checkpoint ``inputs['ckpt']`` run on the images
+    ('recompute', BatchNorm folded: frozen)."""
+    if policy == "cache":
+        if augment != "none":
+            raise ValueError(f"augment {augment!r} needs recomputed fronts: the cache holds fixed activations")
+        return CachedFronts(inputs[split], chunk, buffer)
+    net = models.fold_batchnorm(load_network(spec, inputs["ckpt"], device))
+    return RecomputedFronts(net, load_split(spec, split, outliers), augment, seed)
 
 
 # ----------------------------------------------------------------------------- stitching
@@ -202,20 +325,31 @@ def dm_sample_index(n: int, samples: int | str, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:samples])
 
 
-def fit_dm_pair(src_spec: dict, tgt_spec: dict, src_train: str, tgt_train: str, settings: dict[str, Any],
+FRONTS_DEFAULT = {"policy": "cache", "chunk": 256, "buffer": 2048, "block_mb": 256}  # the config's cache defaults
+
+
+def fit_dm_pair(src_spec: dict, tgt_spec: dict, src, tgt, shapes: tuple[dict, dict], settings: dict[str, Any],
                 chunk: int = 256, conv_stitch: str = "bilinear") -> dict[str, AffineStitch]:
-    """DM stitches from every source layer to every target layer, fitted on the same K images."""
-    n = len(io.read_array(src_train, "labels"))
-    idx = dm_sample_index(n, settings["samples"], settings["seed"])
-    stitches, src_shapes, tgt_shapes = {}, layer_shapes(src_train), layer_shapes(tgt_train)
-    for sl in src_spec["layers"]:
-        src = {s: io.read_layer(src_train, sl, idx[s:s + chunk]) for s in range(0, len(idx), chunk)}
-        for tl in tgt_spec["layers"]:
-            st = new_stitch(src_shapes, tgt_shapes, sl, tl, conv_stitch)
-            tgt = (io.read_layer(tgt_train, tl, idx[s:s + chunk]) for s in src)
-            stitches[_stitch_key(sl, tl)] = fit_dm(st, src.values(), tgt, rcond=settings["rcond"],
-                                                   solver=settings.get("solver", "exact"))
-    return stitches
+    """DM stitches from every source layer to every target layer, fitted on the same K images (or all of them).
+
+    ``src``/``tgt``: fronts sources (:class:`CachedFronts` or :class:`RecomputedFronts`) of the two networks'
+    training splits; ``shapes``: their :func:`layer_shapes`. The images are read (or recomputed) ``chunk`` at a
+    time, once for every layer pair: each pair's normal equations are accumulated chunk by chunk, in float64, and
+    solved by ``settings['solver']`` (see :class:`LeastSquares`)."""
+    idx = dm_sample_index(src.n, settings["samples"], settings["seed"])
+    solver = settings.get("solver", "exact")
+    if solver not in LeastSquares.SOLVERS:
+        raise ValueError(f"dm.solver: unknown least-squares solver {solver!r}; use one of {LeastSquares.SOLVERS}")
+    pairs = [(sl, tl) for sl in src_spec["layers"] for tl in tgt_spec["layers"]]
+    stitches = {_stitch_key(sl, tl): new_stitch(*shapes, sl, tl, conv_stitch) for sl, tl in pairs}
+    acc = {k: LeastSquares(st.weight.shape[1], st.weight.shape[0]) for k, st in stitches.items()}
+    for s in range(0, len(idx), chunk):
+        h = src.rows(src_spec["layers"], idx[s:s + chunk])
+        t = tgt.rows(tgt_spec["layers"], idx[s:s + chunk])
+        for sl, tl in pairs:
+            key = _stitch_key(sl, tl)
+            acc[key].update(*dm_rows(stitches[key], h[sl], t[tl]))
+    return {k: st.set_affine(*acc[k].solve(settings["rcond"], solver)) for k, st in stitches.items()}
 
 
 def _pair_row(src: dict, tgt: dict, si: int, sl: str, ti: int, tl: str) -> dict[str, Any]:
@@ -229,26 +363,46 @@ def _pair_row(src: dict, tgt: dict, si: int, sl: str, ti: int, tl: str) -> dict[
 PER_IMAGE = ("correct", "err", "norm", "receiver")
 
 
+def _block(paths_layers: list[tuple[str, list[str]]], block_mb: int) -> int:
+    """Images per block of streamed test-split reading: every listed layer of one block within ``block_mb``."""
+    per_image = 0
+    for path, layers in paths_layers:
+        with io.open_activations(path) as f:
+            per_image += sum(4 * int(np.prod(f["layers"][layer].shape[1:])) for layer in layers)
+    return io.block_size(per_image, block_mb)
+
+
 def evaluate_pair(stitches: dict[str, AffineStitch], src_spec: dict, tgt_spec: dict, receiver, src_test: str,
-                  tgt_test: str, method: str, struct: str = "whole") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                  tgt_test: str, method: str, block_mb: int = 256,
+                  struct: str = "whole") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per layer pair: stitched test accuracy, relative accuracy, DM(struct) distance (``struct``: see
     ``stitching.evaluate``); and the per-image terms of those numbers for the bootstrap over test images
     (:data:`PER_IMAGE`): 'correct', 'err', 'norm' (rows × images, in the rows' order) and 'receiver' (the
-    receiver's own correctness per image)."""
+    receiver's own correctness per image). The test split is read in blocks of at most ``block_mb`` MB (every
+    layer of both networks), each stitch's terms carried across blocks in the order of one pass
+    (:class:`stitching.Evaluation`): the same numbers at any block size."""
     labels = torch.as_tensor(io.read_array(tgt_test, "labels"))
     task = tasks.for_dataset(tgt_spec["dataset"])
     logits = torch.as_tensor(io.read_array(tgt_test, "logits"))
     own = task.correct_each(logits, labels).double().numpy()
     receiver_acc = float(own.sum()) / len(own)
     dev = next(receiver.parameters()).device
-    targets = {tl: torch.as_tensor(io.read_layer(tgt_test, tl)) for tl in tgt_spec["layers"]}
+    sl_names, tl_names = src_spec["layers"], tgt_spec["layers"]
+    block = _block([(src_test, sl_names), (tgt_test, tl_names)], block_mb)
+    sums = {_stitch_key(sl, tl): Evaluation(task, struct=struct) for sl in sl_names for tl in tl_names}
+    for (_, src), (_, tgt) in zip(io.blocks(src_test, [f"layers/{sl}" for sl in sl_names], block),
+                                  io.blocks(tgt_test, ["labels", *(f"layers/{tl}" for tl in tl_names)], block)):
+        y = torch.as_tensor(tgt["labels"])
+        for sl in sl_names:
+            h = torch.as_tensor(src[f"layers/{sl}"])
+            for tl in tl_names:
+                key = _stitch_key(sl, tl)
+                sums[key].update(stitches[key].to(dev), receiver, receiver.layer_index(tl), h,
+                                 torch.as_tensor(tgt[f"layers/{tl}"]), y)
     out, each = [], {k: [] for k in PER_IMAGE[:3]}
-    for si, sl in enumerate(src_spec["layers"]):
-        src = torch.as_tensor(io.read_layer(src_test, sl))
-        for ti, tl in enumerate(tgt_spec["layers"]):
-            st = stitches[_stitch_key(sl, tl)].to(dev)
-            r = evaluate(st, receiver, receiver.layer_index(tl), src, targets[tl], labels, task=task, struct=struct,
-                         per_image=True)
+    for si, sl in enumerate(sl_names):
+        for ti, tl in enumerate(tl_names):
+            r = sums[_stitch_key(sl, tl)].result(per_image=True)
             out.append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                         "accuracy": r["accuracy"], "receiver_accuracy": receiver_acc,
                         "relative_accuracy": r["accuracy"] / receiver_acc, "struct": r["struct"]})
@@ -277,46 +431,86 @@ def _load_stitches(path: str, src_spec, tgt_spec, src_h5: str, tgt_h5: str,
     return out
 
 
+def pair_fronts(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], fronts: dict[str, Any], dev,
+                 augment: str = "none", seed: int = 0):
+    """The two networks' training-split fronts for a pair job, from the cache or recomputed (``fronts['policy']``)."""
+    return tuple(train_fronts(spec, fronts["policy"], {"train": inputs[f"{side}_train"],
+                                                        "ckpt": inputs.get(f"{side}_ckpt")}, dev, augment=augment,
+                              seed=seed, chunk=fronts["chunk"], buffer=fronts["buffer"])
+                 for side, spec in (("src", src_spec), ("tgt", tgt_spec)))
+
+
 def dm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-            out_csv: str, device: str = "auto", conv_stitch: str = "bilinear", out_npz: str | None = None) -> None:
-    """Fit and evaluate DM stitches for every layer pair of one (source, target) network pair; the per-image
-    terms go to ``out_npz`` (default: the CSV's path with .npz)."""
-    dev = pick_device(device)
+            out_csv: str, device: str = "auto", conv_stitch: str = "bilinear", out_npz: str | None = None,
+            fronts: dict | None = None) -> None:
+    """Fit and evaluate DM stitches for every layer pair of one (source, target) network pair; the K training
+    images' fronts come from the cache or are recomputed (``fronts``: the policy, chunk, buffer, block_mb); the
+    per-image terms go to ``out_npz`` (default: the CSV's path with .npz)."""
+    fronts, dev = fronts or FRONTS_DEFAULT, pick_device(device)
     check_activations(src_spec, inputs["src_train"], inputs["src_test"])
     check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
     start = time.time()
-    stitches = fit_dm_pair(src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"], settings,
-                           conv_stitch=conv_stitch)
-    log.info("fitted %d DM stitches in %.1f s", len(stitches), time.time() - start)
+    src, tgt = pair_fronts(src_spec, tgt_spec, inputs, fronts, dev)
+    stitches = fit_dm_pair(src_spec, tgt_spec, src, tgt, (layer_shapes(inputs["src_test"]),
+                                                          layer_shapes(inputs["tgt_test"])), settings,
+                           chunk=fronts["chunk"], conv_stitch=conv_stitch)
+    log.info("fitted %d DM stitches in %.1f s (fronts: %s)", len(stitches), time.time() - start, fronts["policy"])
     receiver = models.fold_batchnorm(load_network(tgt_spec, inputs["tgt_ckpt"], dev))  # frozen: BN folded
     df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "dm",
-                               struct=settings.get("struct", "whole"))
+                               fronts["block_mb"], struct=settings.get("struct", "whole"))
     _save_stitches(out_pt, stitches)
     io.write_npz(out_npz or Path(out_csv).with_suffix(".npz"), images)
     io.write_csv(df, out_csv)
 
 
-def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-             out_csv: str, device: str = "auto", conv_stitch: str = "bilinear", out_npz: str | None = None) -> None:
-    """Train TLM stitches (initialised from DM) on cached source activations, then evaluate them (per-image
-    terms to ``out_npz``, as in :func:`dm_pair`).
+class _GroupFeed:
+    """What a group of TLM stitches into one layer reads per batch: each source layer's fronts, computed once for the
+    whole group (``prepare``), and with recomputed, augmented images the receiver's own outputs on those images as
+    soft labels (``receiver`` given); otherwise the cached soft labels ``soft``."""
 
-    The frozen front half f≤i never runs: its outputs on the training split are read from the
-    activation cache. Stitches that share a receiving layer train together in groups of
-    ``settings['group_size']`` ('auto': all of them on CUDA, one at a time on the CPU, where batching
-    was measured not to pay; see bench/bench_tlm.py).
+    def __init__(self, fronts, layers: list[str], receiver, soft: torch.Tensor | None):
+        self.fronts, self.layers, self.receiver, self.cached_soft, self.held = fronts, layers, receiver, soft, {}
+
+    def prepare(self, epoch: int, step: int, idx: torch.Tensor) -> None:
+        self.held = self.fronts.batch(self.layers, idx, epoch, step)
+        if self.receiver is not None and self.cached_soft is not None:
+            with torch.no_grad():
+                self.held["soft"] = self.receiver(self.fronts.inputs(idx, epoch, step))
+
+    def source(self, key: str, idx: torch.Tensor) -> torch.Tensor:
+        return self.held[key.split("->")[0]]
+
+    @property
+    def soft(self):
+        if self.cached_soft is None or self.receiver is None:
+            return self.cached_soft
+        return lambda idx: self.held["soft"]
+
+
+def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
+             out_csv: str, device: str = "auto", conv_stitch: str = "bilinear", out_npz: str | None = None,
+             fronts: dict | None = None) -> None:
+    """Train TLM stitches (initialised from DM) on the training split, then evaluate them (per-image terms to
+    ``out_npz``, as in :func:`dm_pair`).
+
+    The source's front halves f≤i(x) come from the activation cache, read in shuffled chunks (``fronts``:
+    policy 'cache', chunk, buffer), or are recomputed from the images on the job's device (policy 'recompute',
+    with ``settings['augment']``, paper 1's flip + crop): the same batches either way (``io.epoch_order``).
+    Stitches that share a receiving layer train together in groups of ``settings['group_size']`` ('auto': all
+    of them on CUDA, one at a time on the CPU, where batching was measured not to pay; see bench/bench_tlm.py).
     """
-    dev = pick_device(device)
+    fronts, dev = fronts or FRONTS_DEFAULT, pick_device(device)
     check_activations(src_spec, inputs["src_train"], inputs["src_test"])
     check_activations(tgt_spec, inputs["tgt_train"], inputs["tgt_test"])
-    stitches = _load_stitches(inputs["dm"], src_spec, tgt_spec, inputs["src_train"], inputs["tgt_train"],
-                              conv_stitch)
+    stitches = _load_stitches(inputs["dm"], src_spec, tgt_spec, inputs["src_test"], inputs["tgt_test"], conv_stitch)
     # The receiver stays frozen in eval mode: its BatchNorms folded into the convolutions before them, the same
     # function with less work in each forward and backward pass (1.3× faster TLM, bench/bench_tlm.py).
     receiver = models.fold_batchnorm(load_network(tgt_spec, inputs["tgt_ckpt"], dev))
+    augment = settings.get("augment", "none")
+    src = train_fronts(src_spec, fronts["policy"], {"train": inputs["src_train"], "ckpt": inputs.get("src_ckpt")},
+                       dev, augment=augment, seed=settings["seed"], chunk=fronts["chunk"], buffer=fronts["buffer"])
     labels = torch.as_tensor(io.read_array(inputs["tgt_train"], "labels"))
     soft = torch.as_tensor(io.read_array(inputs["tgt_train"], "logits")) if settings["labels"] == "soft" else None
-    cache = {sl: torch.as_tensor(io.read_layer(inputs["src_train"], sl)) for sl in src_spec["layers"]}
     group = settings["group_size"]
     group = (len(src_spec["layers"]) if dev.type == "cuda" else 1) if group == "auto" else group
     start, meter = time.time(), Progress(len(stitches), "TLM stitches")
@@ -324,12 +518,16 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
         keys = [_stitch_key(sl, tl) for sl in src_spec["layers"]]
         for g in range(0, len(keys), group):
             batch = {k: stitches[k].to(dev) for k in keys[g:g + group]}
-            train_tlm(batch, receiver, receiver.layer_index(tl), lambda k, idx: cache[k.split("->")[0]][idx],
-                      labels, settings, seed=settings["seed"], soft_targets=soft,
-                      task=tasks.for_dataset(tgt_spec["dataset"]))
+            feed = _GroupFeed(src, [k.split("->")[0] for k in batch], receiver if augment != "none" else None, soft)
+            train_tlm(batch, receiver, receiver.layer_index(tl), feed.source, labels, settings, seed=settings["seed"],
+                      soft_targets=feed.soft, task=tasks.for_dataset(tgt_spec["dataset"]), chunk=fronts["chunk"],
+                      buffer=fronts["buffer"], prepare=feed.prepare)
             log.info(meter.line(", ".join(batch), n=len(batch)))
-    log.info("trained %d TLM stitches in %.1f s", len(stitches), time.time() - start)
-    df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "tlm")
+    src.close()
+    log.info("trained %d TLM stitches in %.1f s (fronts: %s%s)", len(stitches), time.time() - start,
+             fronts["policy"], f", {augment}" if augment != "none" else "")
+    df, images = evaluate_pair(stitches, src_spec, tgt_spec, receiver, inputs["src_test"], inputs["tgt_test"], "tlm",
+                               fronts["block_mb"])
     _save_stitches(out_pt, stitches)
     io.write_npz(out_npz or Path(out_csv).with_suffix(".npz"), images)
     io.write_csv(df, out_csv)
@@ -337,11 +535,21 @@ def tlm_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, str], settings: d
 
 # ----------------------------------------------------------------------------- structural indices
 
+def _nbytes(x: Any) -> int:
+    """Bytes of the arrays a layer statistic holds (``similarity.LayerStats`` / ``Paper1Stats``)."""
+    if hasattr(x, "nbytes"):
+        return int(x.nbytes)
+    if hasattr(x, "__dataclass_fields__"):
+        return sum(_nbytes(getattr(x, f)) for f in x.__dataclass_fields__)
+    return 0
+
+
 def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: list[tuple[str, str]],
                        settings: dict[str, Any], out_csv: str, uncertainty: dict[str, Any] | None = None,
-                       out_npz: str | None = None) -> None:
-    """Every configured structural index for every layer pair of every network pair, from one set of
-    per-layer statistics per (network, layer, reshape) computed once from the test-split cache.
+                       out_npz: str | None = None, budget: int = INDEX_STATS_BYTES) -> None:
+    """Every configured structural index for every layer pair of every network pair, from per-layer statistics
+    per (network, layer, reshape) computed from the test-split cache, held up to ``budget`` bytes (least recently
+    used dropped and recomputed when needed again: at paper scale a layer's statistics can take 0.5 GB).
 
     A pair in a degenerate regime (:class:`stitchlib.similarity.DegenerateInput`: rank ≥ n − 1 for CCA-family
     measures, a constant layer) is recorded as NaN with the reason logged — never a silent 1. Any other
@@ -360,17 +568,24 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     with_loadings = {settings["reshape"][m] for m in measures if catalog.MEASURES[m].needs_loadings}
     rank_scale = {r: sim.rank_scale_for([m for m in measures if settings["reshape"][m] == r])
                   for r in set(settings["reshape"].values())}  # scale-invariant ranks where a CCA-family index reads
-    stats: dict[tuple[str, str, str], Any] = {}
+    stats: dict[tuple[str, str, str], Any] = {}  # insertion order = recency
+    computed = 0
 
     def get(net: str, layer: str, reshape: str):
+        nonlocal computed
         key = (net, layer, reshape)
-        if key not in stats:
+        if key in stats:
+            stats[key] = stats.pop(key)
+        else:
             try:
                 stats[key] = sim.layer_stats_h5(test_h5[net], layer, reshape=reshape, n=n,
                                                 loadings=True if reshape in with_loadings else None,
                                                 rtol=settings.get("rtol"), rank_scale=rank_scale[reshape])
             except sim.DegenerateInput as e:  # e.g. a constant layer: every pair with it is undefined
                 stats[key] = e
+            computed += 1
+            while len(stats) > 2 and sum(_nbytes(v) for v in stats.values()) > budget:
+                stats.pop(next(iter(stats)))
         if isinstance(stats[key], Exception):
             raise stats[key]
         return stats[key]
@@ -378,19 +593,23 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
     rows, blocks, start = [], [], time.time()
     for src, tgt in pairs:
         s, t = specs[src], specs[tgt]
-        for m in measures:
-            reshape = settings["reshape"][m]
-            blocks.append((len(rows), src, tgt, m))
-            for si, sl in enumerate(s["layers"]):
-                for ti, tl in enumerate(t["layers"]):
-                    try:
-                        value = sim.pairwise([get(src, sl, reshape)], [get(tgt, tl, reshape)], [m], **opts)[m][0, 0]
-                    except sim.DegenerateInput as e:
-                        log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
-                        value = float("nan")
-                    rows.append({"measure": catalog.MEASURES[m].label, **_pair_row(s, t, si, sl, ti, tl),
-                                 "value": float(value)})
-    log.info("%d index values from %d layer statistics in %.1f s", len(rows), len(stats), time.time() - start)
+        values = {}
+        for reshape in dict.fromkeys(settings["reshape"][m] for m in measures):  # a layer's statistics reused
+            for sl in s["layers"]:
+                for tl in t["layers"]:
+                    for m in [m for m in measures if settings["reshape"][m] == reshape]:
+                        try:
+                            values[m, sl, tl] = sim.pairwise([get(src, sl, reshape)], [get(tgt, tl, reshape)], [m],
+                                                             **opts)[m][0, 0]
+                        except sim.DegenerateInput as e:
+                            log.warning("%s %s:%s vs %s:%s: %s", m, src, sl, tgt, tl, e)
+                            values[m, sl, tl] = float("nan")
+        per_measure = len(s["layers"]) * len(t["layers"])
+        blocks += [(len(rows) + k * per_measure, src, tgt, m) for k, m in enumerate(measures)]
+        rows += [{"measure": catalog.MEASURES[m].label, **_pair_row(s, t, si, sl, ti, tl),
+                  "value": float(values[m, sl, tl])}
+                 for m in measures for si, sl in enumerate(s["layers"]) for ti, tl in enumerate(t["layers"])]
+    log.info("%d index values from %d layer statistics computed in %.1f s", len(rows), computed, time.time() - start)
     if out_npz is not None:
         io.write_npz(out_npz, {"replicates": _index_replicates(specs, pairs, settings, uncertainty, blocks, len(rows),
                                                                get)})
@@ -444,26 +663,47 @@ def _detector_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dict[str, Any], out_pt: str,
-                   out_json: str, device: str = "auto") -> None:
-    """Train the energy OOD detector of one (network, layer) and check it on held-out outliers."""
-    dev = pick_device(device)
-    check_activations({**spec, "layers": [layer]}, *inputs.values())
-    acts = io.read_layer(inputs["train"], layer)
-    layout = io.layer_layout(inputs["train"], layer)
+                   out_json: str, device: str = "auto", out_npz: str | None = None,
+                   fronts: dict[str, Any] | None = None, outliers: dict[str, Any] | None = None) -> None:
+    """Train the energy OOD detector of one (network, layer) and check it on held-out outliers.
+
+    The layer's activations of the training split and of the training outliers come from the cache, read in
+    shuffled chunks (``fronts['policy']`` 'cache': inputs train, outliers, heldout), or are recomputed from the
+    images by the network of ``inputs['ckpt']`` ('recompute', with the ``outliers`` settings). ``out_npz``
+    keeps the energies of the network's own test activations and of the held-out outliers under the frozen
+    (BatchNorm-folded) detector, what OOD scoring compares stitched activations with."""
+    fronts, dev = fronts or FRONTS_DEFAULT, pick_device(device)
+    check_activations({**spec, "layers": [layer]}, *(inputs[k] for k in ("train", "test", "outliers", "heldout")
+                                                     if k in inputs))
+    reader = dict(chunk=fronts["chunk"], buffer=fronts["buffer"])
+    train, out, held = (train_fronts(spec, fronts["policy"], inputs, dev, split=split, outliers=outliers, **reader)
+                        for split in ("train", "outliers", "heldout"))
+    rows = {name: FrontRows(f, layer) for name, f in (("train", train), ("outliers", out), ("heldout", held))}
+    layout = io.layer_layout(inputs["test"], layer)
+    with io.open_activations(inputs["test"]) as f:
+        sample_shape = tuple(f["layers"][layer].shape[1:])
     torch.manual_seed(settings["seed"])  # the initial weights: torch's default generator is seeded randomly
-    det = ood.build_detector(layout, acts.shape[1:], spec["num_classes"], **settings["detector"][layout])
+    det = ood.build_detector(layout, sample_shape, spec["num_classes"], **settings["detector"][layout])
     start = time.time()
-    metrics = ood.train_detector(det, acts, io.read_array(inputs["train"], "labels"),
-                                 io.read_layer(inputs["outliers"], layer), _detector_settings(settings),
-                                 seed=settings["seed"], device=dev)
-    sanity = ood.ood_metrics(ood.energy(det, io.read_layer(inputs["test"], layer)),
-                             ood.energy(det, io.read_layer(inputs["heldout"], layer)))
-    log.info("%s %s detector: held-out outliers AUROC %.3f (%.1f s)", spec["net"], layer, sanity["auroc"],
-             time.time() - start)
+    metrics = ood.train_detector(det, rows["train"], io.read_array(inputs["train"], "labels"), rows["outliers"],
+                                 _detector_settings(settings), seed=settings["seed"], device=dev, **reader)
+    frozen = models.fold_batchnorm(det)  # as OOD scoring loads it
+    with io.ChunkedLayer(inputs["test"], layer, fronts["chunk"], 1) as test:
+        e_test = ood.energy(frozen, test)
+    e_heldout = ood.energy(frozen, rows["heldout"])
+    sanity = ood.ood_metrics(e_test, e_heldout)
+    log.info("%s %s detector: held-out outliers AUROC %.3f (%.1f s, fronts: %s)", spec["net"], layer,
+             sanity["auroc"], time.time() - start, fronts["policy"])
+    for f in (train, out, held):
+        f.close()
     io.save_state_dict(out_pt, ood.detector_state(det))
     io.write_json(out_json, {"network": spec["net"], "layer": layer, "detector": ood.detector_spec(det),
                              "training": metrics, "heldout_sanity": sanity, "settings": settings,
                              "seconds": round(time.time() - start, 2), "provenance": io.provenance()})
+    if out_npz:
+        with io.atomic_path(out_npz) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, test=e_test, heldout=e_heldout)
 
 
 def load_detector(pt: str, spec_json: str, device: torch.device):
@@ -483,29 +723,36 @@ def stitched(stitch: AffineStitch, acts: np.ndarray, batch_size: int = 256) -> t
 
 
 def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: dict[str, tuple[str, str]],
-             device: str = "auto", fpr_rule: str = "at_least") -> None:
+             device: str = "auto", fpr_rule: str = "at_least", block_mb: int = 256) -> None:
     """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
-    stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``inputs['detectors']`` and
-    ``['detector_specs']`` list each target layer's detector weights and JSON, ``outputs`` maps each method to its
-    (CSV, NPZ): each target layer's detector is loaded, and scores the receiver's own and held-out activations,
-    once for all."""
+    stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``outputs`` to its (CSV, NPZ);
+    ``inputs['detectors']``, ``['detector_specs']`` and ``['detector_energies']`` are the target layers' detectors,
+    their JSON and the receiver's own and the held-out outliers' energies under them (written by
+    :func:`train_detector`). The source's test split is read in blocks of at most ``block_mb`` MB."""
     dev = pick_device(device)
     check_activations(src_spec, inputs["src_test"])
-    check_activations(tgt_spec, inputs["tgt_test"], inputs["tgt_heldout"])
     stitches = {m: _load_stitches(pt, src_spec, tgt_spec, inputs["src_test"], inputs["tgt_test"])
                 for m, pt in inputs["stitches"].items()}
-    sources = {sl: io.read_layer(inputs["src_test"], sl) for sl in src_spec["layers"]}
+    layers = tgt_spec["layers"]
+    dets = {tl: load_detector(pt, js, dev) for tl, pt, js in zip(layers, inputs["detectors"], inputs["detector_specs"])}
+    own = {tl: np.load(npz) for tl, npz in zip(layers, inputs["detector_energies"])}
+    scores: dict[tuple[str, str, str], list[np.ndarray]] = {}
+    sl_names = src_spec["layers"]
+    for _, block in io.blocks(inputs["src_test"], [f"layers/{sl}" for sl in sl_names],
+                              _block([(inputs["src_test"], sl_names)], block_mb)):
+        for sl in sl_names:
+            for tl, det in dets.items():
+                for method, st in stitches.items():
+                    e = ood.energy(det, stitched(st[_stitch_key(sl, tl)].to(dev), block[f"layers/{sl}"]))
+                    scores.setdefault((method, sl, tl), []).append(e)
     rows, energies = {m: [] for m in stitches}, {m: {} for m in stitches}
-    for ti, (tl, det_pt, det_json) in enumerate(zip(tgt_spec["layers"], inputs["detectors"],
-                                                    inputs["detector_specs"])):
-        det = load_detector(det_pt, det_json, dev)
-        e_in = ood.energy(det, io.read_layer(inputs["tgt_test"], tl))
-        e_heldout = ood.energy(det, io.read_layer(inputs["tgt_heldout"], tl))
-        for method, st in stitches.items():
+    for ti, tl in enumerate(tgt_spec["layers"]):
+        e_in, e_heldout = own[tl]["test"], own[tl]["heldout"]
+        for method in stitches:
             energies[method].update({f"in/{tl}": e_in, f"heldout/{tl}": e_heldout})
-            for si, sl in enumerate(src_spec["layers"]):
-                e = ood.energy(det, stitched(st[_stitch_key(sl, tl)].to(dev), sources[sl]))
+            for si, sl in enumerate(sl_names):
+                e = np.concatenate(scores[method, sl, tl])
                 energies[method][f"stitched/{sl}/{tl}"] = e
                 rows[method].append({"method": method, **_pair_row(src_spec, tgt_spec, si, sl, ti, tl),
                                      **ood.ood_metrics(e_in, e, fpr_rule=fpr_rule)})

@@ -54,6 +54,18 @@ class Stitchable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.back(self.front(x, 0), 0)
 
+    def fronts(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        """f≤i(x) of every layer i of ``layers``, in one pass that stops after the deepest (= ``front`` of each)."""
+        want = {self.layer_index(layer): layer for layer in layers}
+        h, out, first = self.prefix(x), {}, 0 if self.stem_point else 1
+        if self.stem_point and 0 in want:
+            out[want[0]] = h
+        for b, block in enumerate(self.blocks[:max(self.blocks_before(i) for i in want)]):
+            h = block(h)
+            if b + 1 - first in want:
+                out[want[b + 1 - first]] = h
+        return out
+
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and every stitch point's activation, in one pass."""
         h = self.prefix(x)

@@ -37,6 +37,7 @@ from scipy.linalg import blas  # at import: BLAS thread limits (threadpoolctl, t
 from torch.nn.utils import parametrize
 
 from stitchlib import catalog, tasks
+from stitchlib.io import epoch_order
 from stitchlib.train import make_optimizer, set_epoch_lr
 
 log = logging.getLogger(__name__)
@@ -346,6 +347,12 @@ def lasso(x: np.ndarray, y: np.ndarray, alpha: float, max_iter: int = 5000, tol:
     return w, np.atleast_1d(model.intercept_)
 
 
+def dm_rows(stitch: AffineStitch, hs, ht) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's least-squares rows: P(source) and the target, (samples × positions or tokens) × channels."""
+    hs = stitch.prepare(torch.as_tensor(hs, dtype=torch.float32))
+    return rows(hs, stitch.layout).numpy(), rows(np.asarray(ht), stitch.layout)
+
+
 def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterable[torch.Tensor],
            rcond: float = 1e-6, method: str = "ls", rank: int | None = None, alpha: float = 0.0,
            solver: str = "exact") -> AffineStitch:
@@ -363,8 +370,7 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
     ls = LeastSquares(stitch.weight.shape[1], stitch.weight.shape[0])
     kept: list[tuple[np.ndarray, np.ndarray]] = []
     for hs, ht in zip(source, target):
-        hs = stitch.prepare(torch.as_tensor(hs, dtype=torch.float32))
-        x, y = rows(hs, stitch.layout).numpy(), rows(np.asarray(ht), stitch.layout)
+        x, y = dm_rows(stitch, hs, ht)
         if method == "lasso":
             kept.append((x, y))
         else:
@@ -377,9 +383,121 @@ def fit_dm(stitch: AffineStitch, source: Iterable[torch.Tensor], target: Iterabl
     return stitch.set_affine(*solution)
 
 
+# ----------------------------------------------------------------------------- low-rank approximations and pooling
+# (the Ding et al. tests' representations, stitchlib.ding; extraction writes a training split's summary of both)
+
+def _channels_last(h: np.ndarray, layout: str) -> np.ndarray:
+    return np.moveaxis(h, 1, -1) if layout == "conv" else h
+
+
+def pooled(h: np.ndarray, layout: str) -> np.ndarray:
+    """Probe features: the global average over positions (conv, (N, C, H, W) → (N, C)) or the CLS token
+    (tokens, (N, T, D) → (N, D)), in float64."""
+    h = np.asarray(h, np.float64)
+    if layout == "conv":
+        return h.mean(axis=(2, 3))
+    if layout == "tokens":
+        return h[:, 0]
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+class LowRank:
+    """Principal directions of a layer's rows (samples × positions or tokens, C columns), for low-rank
+    approximations ĥ = μ + (h − μ) V_r V_rᵀ that keep the layer's shape.
+
+    ``fit`` streams chunks and accumulates n, Σx and XᵀX in float64 (the covariance's eigenvectors are the
+    right singular vectors of the centred rows, sorted by decreasing variance).
+    """
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, variances: np.ndarray):
+        self.mean, self.basis, self.variances = mean, basis, variances
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    @staticmethod
+    def add(acc: LeastSquares | None, h: np.ndarray, layout: str) -> LeastSquares:
+        """Accumulate a chunk of activations' rows (the least-squares accumulator with no targets: n, Σx, XᵀX)."""
+        r = rows(np.asarray(h), layout)
+        acc = acc or LeastSquares(r.shape[1], 0)
+        acc.update(r, np.zeros((len(r), 0)))
+        return acc
+
+    @classmethod
+    def fit(cls, chunks: Iterable[np.ndarray], layout: str) -> LowRank:
+        acc = None
+        for h in chunks:
+            acc = cls.add(acc, h, layout)
+        return cls.of(acc)
+
+    @classmethod
+    def of(cls, acc: LeastSquares | None) -> LowRank:
+        """The principal directions of the rows accumulated by :meth:`add`."""
+        if acc is None or acc.n < 2:
+            raise ValueError("low-rank approximation needs at least two rows")
+        mean, _, cov, _ = acc.centred()
+        evals, evecs = np.linalg.eigh(cov)
+        order = np.argsort(evals)[::-1]
+        return cls(mean, evecs[:, order], np.clip(evals[order], 0, None) / (acc.n - 1))
+
+    def apply(self, h: np.ndarray, rank: int, layout: str) -> np.ndarray:
+        """The rank-``rank`` approximation of ``h`` (same shape, float64); features last for 'pool'ed input."""
+        if not 1 <= rank <= self.channels:
+            raise ValueError(f"rank {rank} is outside 1..{self.channels} (the layer's channels)")
+        h = np.asarray(h, np.float64)
+        x = h if layout == "pool" else _channels_last(h, layout)
+        v = self.basis[:, :rank]
+        out = self.mean + ((x - self.mean) @ v) @ v.T
+        return out if layout == "pool" else np.ascontiguousarray(np.moveaxis(out, -1, 1) if layout == "conv" else out)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 STRUCT_RULES = ("whole", "batch_mean")
+
+
+class Evaluation:
+    """Running terms of :func:`evaluate` over blocks of a split, in batches of ``batch_size``: blocks that are
+    multiples of it give the same batches as one call on the whole split, so streaming changes no digit. Holds
+    three float64 numbers per image (the per-image terms the bootstrap resamples), never the activations."""
+
+    def __init__(self, task: str | tasks.Task = tasks.MULTICLASS, batch_size: int = 256, struct: str = "whole"):
+        if struct not in STRUCT_RULES:
+            raise ValueError(f"struct must be one of {STRUCT_RULES}, got {struct!r}")
+        self.task, self.batch_size, self.struct = tasks.get(task), batch_size, struct
+        self.parts: dict[str, list[torch.Tensor]] = {"correct": [], "err": [], "norm": []}
+        self.n, self.xent, self.ratios = 0, 0.0, []
+
+    @torch.no_grad()
+    def update(self, stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, target: torch.Tensor,
+               labels: torch.Tensor, reference_logits: torch.Tensor | None = None) -> None:
+        dev, task, bs, parts = stitch.bias.device, self.task, self.batch_size, self.parts
+        for i in range(0, len(labels), bs):
+            s = stitch(source[i:i + bs].to(dev))
+            t = target[i:i + bs].to(dev)
+            logits = receiver.back(s, layer)
+            parts["correct"].append(task.correct_each(logits, labels[i:i + bs].to(dev)).double().cpu())
+            parts["err"].append((s.double() - t.double()).pow(2).flatten(1).sum(1).cpu())
+            parts["norm"].append(t.double().pow(2).flatten(1).sum(1).cpu())
+            e, m = float(parts["err"][-1].sum()), float(parts["norm"][-1].sum())
+            self.ratios.append(e / m if m > 0 else float("nan"))
+            if reference_logits is not None:
+                self.xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + bs].to(dev).double(),
+                                                     reduction="sum").item()
+        self.n += len(labels)
+
+    def result(self, cross_entropy: bool = False, per_image: bool = False) -> dict[str, Any]:
+        each = {k: torch.cat(v).numpy() for k, v in self.parts.items()}
+        err, norm = float(each["err"].sum()), float(each["norm"].sum())
+        whole = err / norm if norm > 0 else float("nan")
+        out: dict[str, Any] = {"accuracy": float(each["correct"].sum()) / self.n,
+                               "struct": whole if self.struct == "whole" else float(np.mean(self.ratios))}
+        if cross_entropy:
+            out["cross_entropy"] = self.xent / self.n
+        if per_image:
+            out["per_image"] = each
+        return out
 
 
 @torch.no_grad()
@@ -395,34 +513,11 @@ def evaluate(stitch: AffineStitch, receiver, layer: int, source: torch.Tensor, t
     outputs to the receiver's (−Σ softmax(reference)·log softmax(stitched) for classes), averaged over samples
     (paper 2, Fig. 2). ``per_image``: also the per-image terms of those sums under 'per_image' — 'correct'
     (each image's accuracy), 'err' (‖T(a_i) − b_i‖²), 'norm' (‖b_i‖²), float64 numpy (n,) — from which
-    ``stitchlib.uncertainty`` resamples test images (its intervals resample the whole-set ratio)."""
-    if struct not in STRUCT_RULES:
-        raise ValueError(f"struct must be one of {STRUCT_RULES}, got {struct!r}")
-    dev, task = stitch.bias.device, tasks.get(task)
-    parts: dict[str, list[torch.Tensor]] = {"correct": [], "err": [], "norm": []}
-    xent, ratios = 0.0, []
-    for i in range(0, len(labels), batch_size):
-        s = stitch(source[i:i + batch_size].to(dev))
-        t = target[i:i + batch_size].to(dev)
-        logits = receiver.back(s, layer)
-        parts["correct"].append(task.correct_each(logits, labels[i:i + batch_size].to(dev)).double().cpu())
-        parts["err"].append((s.double() - t.double()).pow(2).flatten(1).sum(1).cpu())
-        parts["norm"].append(t.double().pow(2).flatten(1).sum(1).cpu())
-        e, m = float(parts["err"][-1].sum()), float(parts["norm"][-1].sum())
-        ratios.append(e / m if m > 0 else float("nan"))
-        if reference_logits is not None:
-            xent += task.soft_cross_entropy(logits.double(), reference_logits[i:i + batch_size].to(dev).double(),
-                                            reduction="sum").item()
-    each = {k: torch.cat(v).numpy() for k, v in parts.items()}
-    err, norm = float(each["err"].sum()), float(each["norm"].sum())
-    whole = err / norm if norm > 0 else float("nan")
-    out: dict[str, Any] = {"accuracy": float(each["correct"].sum()) / len(labels),
-                           "struct": whole if struct == "whole" else float(np.mean(ratios))}
-    if reference_logits is not None:
-        out["cross_entropy"] = xent / len(labels)
-    if per_image:
-        out["per_image"] = each
-    return out
+    ``stitchlib.uncertainty`` resamples test images (its intervals resample the whole-set ratio).
+    :class:`Evaluation` computes the same over streamed blocks."""
+    ev = Evaluation(task, batch_size, struct)
+    ev.update(stitch, receiver, layer, source, target, labels, reference_logits)
+    return ev.result(reference_logits is not None, per_image)
 
 
 # ----------------------------------------------------------------------------- task loss matching
@@ -487,10 +582,11 @@ def batch_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
               source: Callable[[Any, torch.Tensor], torch.Tensor], labels: torch.Tensor, cfg: dict[str, Any],
-              *, seed: int, soft_targets: torch.Tensor | None = None,
+              *, seed: int, soft_targets: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
               target: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
               on_step: Callable[[int, int], None] | None = None, task: str | tasks.Task = tasks.MULTICLASS,
-              progress: Callable[[str], None] = log.info) -> list[float]:
+              progress: Callable[[str], None] = log.info, chunk: int = 256, buffer: int | None = None,
+              prepare: Callable[[int, int, torch.Tensor], None] | None = None) -> list[float]:
     """Train stitches that share the receiving layer ``layer`` of ``receiver``, together.
 
     ``source(key, idx)`` returns the source activations of training samples ``idx`` for the stitch
@@ -498,6 +594,11 @@ def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
     train; the receiver stays frozen in eval mode. All stitches see the same batches; their outputs
     are concatenated along the batch and pushed through g>j once, and the loss is the sum of the
     per-stitch mean losses, so each stitch gets exactly the gradient it would get if trained alone.
+
+    Batches: each epoch's order is ``io.epoch_order(n, chunk, buffer)`` from a generator seeded with ``seed``
+    (a plain permutation when ``buffer`` is None or ≥ n), cut into batches of ``cfg['batch_size']``, each sorted;
+    ``prepare(epoch, step, idx)`` runs before a batch's sources are asked for (e.g. to recompute and augment the
+    fronts once for every stitch of the group). ``soft_targets`` may be a function of ``idx``.
 
     Loss per stitch: ``task``'s loss on hard ``labels`` (cross-entropy; binary cross-entropy per attribute
     for a multi-label task), or with ``cfg['labels'] == 'soft'`` the distillation loss to the receiver's own
@@ -523,13 +624,16 @@ def train_tlm(stitches: dict[Any, AffineStitch], receiver, layer: int,
     n, bs, curve, step = len(labels), cfg["batch_size"], [], 0
     for epoch in range(cfg["epochs"]):
         set_epoch_lr(opt, cfg, epoch)
-        order, total = torch.randperm(n, generator=g), 0.0
-        for start in range(0, n, bs):
+        order, total = epoch_order(n, chunk, buffer or n, g), 0.0
+        for b, start in enumerate(range(0, n, bs)):
             idx = order[start:start + bs].sort().values  # sorted: HDF5-friendly, order-free loss
+            if prepare is not None:
+                prepare(epoch, b, idx)
             outs = [stitches[k](source(k, idx).to(dev)) for k in keys]
             logits = receiver.back(torch.cat(outs), layer).view(len(keys), len(idx), -1)
             if soft:
-                losses = task.soft_loss(logits, soft_targets[idx].to(dev), temp, reduction="none").mean(1)
+                st = soft_targets(idx) if callable(soft_targets) else soft_targets[idx]
+                losses = task.soft_loss(logits, st.to(dev), temp, reduction="none").mean(1)
             else:
                 y = labels[idx].to(dev)
                 losses = task.loss(logits, y.expand(len(keys), *y.shape), reduction="none").mean(1)

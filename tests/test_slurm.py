@@ -46,18 +46,21 @@ def test_profile_uses_the_slurm_executor_and_leaves_partition_and_account_to_the
     assert re.search(r"slurm_partition:.*# EDIT", text) and re.search(r"slurm_account:.*# EDIT", text)
 
 
-def test_every_rule_that_runs_has_runtime_mem_and_cpus():
+def test_every_rule_that_runs_has_runtime_and_cpus_and_requests_its_estimated_memory():
     rules = workflow_rules()
     running = {r for r, runs in rules.items() if runs}
     assert {"train", "tlm", "detector", "table1"} <= running and "all" not in running
     res = profile()["set-resources"]
     assert not set(res) - set(rules), f"profile names rules the workflow lacks: {set(res) - set(rules)}"
+    text = "".join(f.read_text() for f in (ROOT / "rules").glob("*.smk"))
     for rule in sorted(running):
         assert rule in res, f"profiles/slurm sets no resources for rule {rule}"
         r = res[rule]
         assert isinstance(r.get("runtime"), int) and r["runtime"] > 0, rule
-        assert isinstance(r.get("mem_mb"), int) and r["mem_mb"] > 0, rule
         assert isinstance(r.get("cpus_per_task"), int) and r["cpus_per_task"] >= 1, rule
+        assert "mem_mb" not in r, f"profiles/slurm overrides the estimated memory of rule {rule}"
+        for key in ("mem_mb", "disk_mb"):  # the rule's own request comes from stitchlib.footprint
+            assert f'{key}=requested("{rule}", "{key}")' in text, (rule, key)
 
 
 def test_gpu_rules_ask_one_gpu_and_nothing_uses_gres_in_slurm_extra():
@@ -108,7 +111,7 @@ def test_test_profile_adapts_only_what_the_test_cluster_needs():
     assert t["executor"] == "slurm" and "set-threads" not in t
     assert t["default-resources"]["slurm_partition"] == "debug"
     for rule, r in t["set-resources"].items():
-        assert r["cpus_per_task"] == 1 and r["mem_mb"] <= 3000
+        assert r["cpus_per_task"] == 1 and r.get("mem_mb", 0) <= 3000
         assert r["runtime"] == p["set-resources"][rule]["runtime"]
         assert r.get("gpu") == p["set-resources"][rule].get("gpu")
     assert not any("gpu" in r for r in adapt(p, cpus=1, mem_mb=3000, gpu=False)["set-resources"].values())

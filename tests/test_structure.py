@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     {"catalog", "progress", "stitchable"},  # facts and interfaces: no stitchlib imports
     {"config", "io"},  # the validated config and the artifact store
-    {"tasks", "data", "hooked"},  # datasets and scoring; networks of your own
+    {"tasks", "data", "hooked", "footprint"},  # datasets and scoring; networks of your own; memory and disk estimates
     {"models", "train"},  # the architectures; network training
     {"stitching", "similarity", "ood", "plotting"},  # the computations, figures
     {"uncertainty"},  # the intervals of what they compute

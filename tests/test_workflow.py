@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from stitchlib import catalog
+from stitchlib import catalog, footprint
+from stitchlib import config as sconf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -61,6 +63,12 @@ def test_default_config_dry_run_job_counts(tmp_path):
                                       "cross_init": 3, "cross_pair": 29, "cross_report": 1,
                                       "frankenstein_run": 12, "frankenstein_inits": 1, "frankenstein_sparsity": 1,
                                       "frankenstein_figures": 1, "report": 1}
+    cfg = sconf.load(ROOT / "config.yaml")
+    counts = {rule: r.jobs for rule, r in footprint.estimate(cfg).items()}
+    assert counts == {k: v for k, v in job_counts(out.stdout).items() if k != "all"}  # `stitchlib plan`'s jobs
+    requests = footprint.resources(cfg)  # every job asks what the estimates say
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: .*?mem_mb=(\d+)", out.stdout, re.M)
+    assert len(jobs) == sum(counts.values()) and all(int(mb) == requests[rule]["mem_mb"] for rule, mb in jobs)
 
 
 def test_one_table_builds_only_its_ancestors(tmp_path):
@@ -178,6 +186,30 @@ def test_tiny_end_to_end_then_tlm_change_reruns_only_tlm_and_descendants(tmp_pat
     changed = write_config(tmp_path, tiny, **{"ding.probe.l2": 1e-3})
     counts = job_counts(smk("-n", "--configfile", str(changed), cwd=tmp_path).stdout)
     assert counts == {"probes": 4, "sensitivity": 4, "specificity": 2, "ding_tables": 1, "report": 1, "all": 1}
+
+
+def test_tiny_end_to_end_recomputing_every_front_with_augmentation(tmp_path):
+    cfg = ROOT / "tests" / "configs" / "tiny-recompute.yaml"
+    smk("results/tables/digits/table1.md", "results/figures/digits/ood", "--cores", "2", "--configfile", str(cfg),
+        cwd=tmp_path)
+    res = tmp_path / "results"
+    acts = res / "activations/digits/rn-s0"
+    files = sorted(p.name for p in acts.iterdir() if not p.name.startswith("."))  # not the checksum sidecars
+    assert files == ["test.h5", "train.h5"]  # no outlier caches: recomputed
+    with h5py.File(acts / "train.h5") as f:
+        assert f.attrs["fronts"] == "summary" and len(f["layers"]) == 0 and len(f["pooled/layer2.1"]) == 1400
+    with h5py.File(acts / "test.h5") as f:
+        assert len(f["index"]) == 300  # the cached test subset
+    dm = pd.read_csv(res / "stitching/digits/dm/rn-s0__rn-s0.csv")
+    diag = dm[dm.source_layer == dm.target_layer]
+    assert (diag.relative_accuracy == 1.0).all() and (diag.struct < 1e-6).all()  # recomputed K fronts: identity
+    tlm = pd.read_csv(res / "stitching/digits/tlm/rn-s0__rn-s0.csv")
+    assert len(tlm) == 4 and tlm.accuracy.between(0, 1).all()
+    assert "fronts: recompute, flip_crop" in (res / "logs/tlm/digits/rn-s0__rn-s0.log").read_text()
+    ood = pd.read_csv(res / "matrices/digits/ood.csv")
+    self_dm = ood[(ood.method == "dm") & (ood.source_layer == ood.target_layer)]
+    assert len(ood) == 2 * 4 and (self_dm.auroc - 0.5).abs().max() < 0.05
+    assert "fronts: recompute" in (res / "logs/detector/digits/rn-s0/layer4.1.log").read_text()
 
 
 def _fake_data(tmp_path, raw: dict) -> dict:

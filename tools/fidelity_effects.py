@@ -164,9 +164,11 @@ def part_dm_all(run: Run) -> None:
         res = {}
         for solver in stitching.LeastSquares.SOLVERS:
             settings = {**run.cfg["dm"], "samples": "all", "solver": solver}
-            st = pipeline.fit_dm_pair(s, t, run.acts(src, "train"), run.acts(tgt, "train"), settings)
+            fronts = [pipeline.CachedFronts(run.acts(n, "train")) for n in (src, tgt)]
+            shapes = tuple(pipeline.layer_shapes(run.acts(n, "test")) for n in (src, tgt))
+            st = pipeline.fit_dm_pair(s, t, *fronts, shapes, settings)
             res[solver] = pipeline.evaluate_pair(st, s, t, receiver, run.acts(src, "test"), run.acts(tgt, "test"),
-                                                 "dm")
+                                                 "dm")[0]
         d = (res["pinv"].accuracy - res["exact"].accuracy).abs()
         rows.append({"arch": s["arch"], "pair": f"{src}→{tgt}", "layer pairs": len(d),
                      "differ": int((d > 0).sum()), "max |Δ acc|": d.max(), "mean |Δ acc|": d.mean()})

@@ -29,4 +29,6 @@ def run(snakemake, job) -> None:
     except Exception:
         log.exception("job failed")
         raise
-    log.info("done")
+    import resource
+
+    log.info("done; peak memory %.0f MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB

@@ -7,10 +7,10 @@ STAGES = {
                                            device=sm.params.device),
     "sensitivity": lambda sm: ding.sensitivity_stage(sm.params.spec, sm.params.layers, dict(sm.input.items()),
                                                      sm.params.settings, sm.params.dm, sm.params.similarity,
-                                                     sm.output[0], device=sm.params.device),
+                                                     sm.output[0], device=sm.params.device, fronts=sm.params.fronts),
     "specificity": lambda sm: ding.specificity_stage(sm.params.specs, dict(sm.input.items()), sm.params.settings,
                                                      sm.params.dm, sm.params.similarity, sm.output[0],
-                                                     device=sm.params.device),
+                                                     device=sm.params.device, fronts=sm.params.fronts),
     "ding_tables": lambda sm: ding.tables_stage(list(sm.input.sensitivity), list(sm.input.specificity),
                                                 sm.params.alpha, dict(sm.output.items()), sm.params.uncertainty),
 }

@@ -6,4 +6,5 @@ EXPERIMENT = {"frankenstein_inits": "inits", "frankenstein_sparsity": "sparsity"
 
 run(snakemake, lambda sm: frankenstein.run(EXPERIMENT.get(sm.rule) or sm.wildcards.experiment, sm.params.src,
                                            sm.params.tgt, dict(sm.input.items()), sm.params.settings,
-                                           dict(sm.output.items()), device=sm.params.device))
+                                           dict(sm.output.items()), device=sm.params.device,
+                                           fronts=sm.params.fronts))

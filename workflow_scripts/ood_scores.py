@@ -5,12 +5,13 @@ from stitchlib import pipeline
 
 def job(sm):
     methods = sm.params.methods
-    inputs = {k: v for k, v in sm.input.items() if k not in ("detectors", "detector_specs", "stitches")}
-    inputs["detectors"], inputs["detector_specs"] = list(sm.input.detectors), list(sm.input.detector_specs)
+    lists = ("detectors", "detector_specs", "detector_energies")
+    inputs = {k: v for k, v in sm.input.items() if k not in (*lists, "stitches")}
+    inputs.update({k: list(sm.input[k]) for k in lists})
     inputs["stitches"] = dict(zip(methods, sm.input.stitches))
     outputs = {m: (csv, npz) for m, csv, npz in zip(methods, sm.output.csv, sm.output.npz)}
     pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device,
-                      fpr_rule=sm.params.fpr95)
+                      fpr_rule=sm.params.fpr95, block_mb=sm.params.block_mb)
 
 
 run(snakemake, job)

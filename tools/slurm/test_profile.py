@@ -7,7 +7,8 @@ groups) as shipped:
 - partition and account: the test cluster's (`debug`, `root`) instead of the CHANGE_ME placeholders;
 - cpus_per_task: 1 and no set-threads, so every job runs torch on one thread exactly like `snakemake --cores 2`
   with the default `threads: 1` (bitwise-equal tables), and two jobs share the 2-core node;
-- mem_mb: at most the node's memory divided by its CPUs;
+- mem_mb: the default (rules without an estimate) and any per-rule override at most the node's memory divided by
+  its CPUs (the rules' own requests, from stitchlib.footprint, are ≈ 1.5–2 GB for the tiny config);
 - gpu: kept (the test cluster declares placeholder GPUs, so `--gpus=1` schedules), or dropped with --no-gpu for a
   cluster that has none; either way no CUDA device exists and stitchlib runs on the CPU;
 - status checks start after 2 s (not the plugin's 40), no retries, a short latency-wait.
