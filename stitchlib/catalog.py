@@ -501,3 +501,16 @@ def param_count(family: str, params: dict, num_classes: int, image_size: int) ->
     if family == "googlenet":
         return 5_599_904 + 1024 * num_classes + num_classes  # torchvision's GoogLeNet without auxiliary heads
     return None
+
+
+# Indices resampled over test images when ``uncertainty.indices`` is null: the Gram route makes the two CKAs cheap
+# (README "How sure is each number"); the others need a factorisation per replicate.
+BOOTSTRAP_INDICES = ("lcka", "lcka_debiased")
+
+
+def bootstrapped_indices(measures: list[str], uncertainty: dict) -> list[str]:
+    """The computed indices whose replicates over test images the indices job writes (config ``uncertainty``)."""
+    if not uncertainty["enabled"]:
+        return []
+    named = BOOTSTRAP_INDICES if uncertainty["indices"] is None else uncertainty["indices"]  # []: none
+    return [m for m in measures if m in named]

@@ -72,24 +72,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def plan_config(path: str, no_data: bool = False) -> dict:
+    """The validated config of ``path``; ``no_data``: as if its datasets and outlier file were present (their
+    sizes are the catalog's), to plan a run before the data is on disk."""
+    from pathlib import Path
+
+    import yaml
+
+    from stitchlib import config
+
+    if not no_data:
+        return config.load(path)
+    raw = yaml.safe_load(Path(path).read_text())
+    for d in (raw.get("datasets") or {}).values():
+        if isinstance(d, dict):
+            d["download"] = True  # the dataset check accepts a root that does not exist yet
+    if isinstance(raw.get("ood"), dict) and (raw["ood"].get("outliers") or {}).get("source") == "npy":
+        raw["ood"]["outliers"]["source"] = "sample_photos"  # the same sizes, no file needed
+    return config.validate(raw)
+
+
 def _plan(args) -> int:
     """Print the footprint; exit status 2 when an estimate exceeds what its rule gets."""
     from pathlib import Path
 
     import yaml
 
-    from stitchlib import config, footprint
+    from stitchlib import footprint
 
-    if args.no_data:
-        raw = yaml.safe_load(Path(args.config).read_text())
-        for d in (raw.get("datasets") or {}).values():
-            if isinstance(d, dict):
-                d["download"] = True  # the dataset check accepts a root that does not exist yet
-        if isinstance(raw.get("ood"), dict) and (raw["ood"].get("outliers") or {}).get("source") == "npy":
-            raw["ood"]["outliers"]["source"] = "sample_photos"  # the same sizes, no file needed
-        cfg = config.validate(raw)
-    else:
-        cfg = config.load(args.config)
+    cfg = plan_config(args.config, args.no_data)
     requested = {}
     if args.profile:
         prof = yaml.safe_load((Path(args.profile) / "config.yaml").read_text()) or {}

@@ -26,6 +26,12 @@ CUDA = 2560 * MB   # host memory of the CUDA libraries and context in a job that
 LIGHT = 400 * MB   # table and figure jobs
 F32, F64 = 4, 8
 INDEX_STATS_BYTES = 8 * 2 ** 30  # layer statistics an indices job holds (pipeline.similarity_indices)
+BOOTSTRAP_BYTES = 4 * 2 ** 30  # what one group of its bootstrap over test images holds beside them (bootstrap_groups)
+
+
+def channels_positions(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    """Channels and spatial positions (or tokens) of one image's activations at a stitch point."""
+    return (shape[-1], shape[0]) if layout == "tokens" else (shape[0], math.prod(shape[1:]))
 
 
 @dataclass
@@ -50,12 +56,10 @@ class Net:
         return math.prod(self.layers[layer][0])
 
     def channels(self, layer: str) -> int:
-        shape, layout = self.layers[layer]
-        return shape[-1] if layout == "tokens" else shape[0]
+        return channels_positions(*self.layers[layer])[0]
 
     def positions(self, layer: str) -> int:
-        shape, layout = self.layers[layer]
-        return shape[0] if layout == "tokens" else shape[1] * shape[2]
+        return channels_positions(*self.layers[layer])[1]
 
     @property
     def per_image(self) -> int:
@@ -154,6 +158,13 @@ def _eval_block(cfg, src: Net, tgt: Net, s_layers, t_layers) -> int:
     return block * per + 256 * 2 * tgt.activations() // 8
 
 
+def _per_image(src: Net, s_layers, t_layers) -> tuple[int, int]:
+    """The evaluation's per-image terms (pipeline.PER_IMAGE): three float64 per image and layer pair while they are
+    gathered (twice: the batches and their concatenation), written as float32 beside the CSV."""
+    pairs = len(s_layers) * len(t_layers)
+    return 2 * 3 * pairs * src.n_test * F64, (3 * pairs + 1) * src.n_test * F32
+
+
 def _dm(cfg, src: Net, tgt: Net, s_layers, t_layers, settings, policy, conv_stitch="bilinear") -> tuple[int, int]:
     k = src.n_train if settings["samples"] == "all" else settings["samples"]
     chunk = min(cfg["extract"]["chunk"], k)
@@ -168,7 +179,8 @@ def _dm(cfg, src: Net, tgt: Net, s_layers, t_layers, settings, policy, conv_stit
             rows = max(rows, chunk * tgt.positions(tl) * (c_in * (F32 + F64) + c_out * (F32 + F64)))
             acc += (c_in + 1) * (c_in + 1 + c_out) * F64
             disk += (c_in * c_out + c_out) * F32 + 300
-    return mem + rows + acc + _eval_block(cfg, src, tgt, s_layers, t_layers), disk
+    terms, written = _per_image(src, s_layers, t_layers)
+    return mem + rows + acc + _eval_block(cfg, src, tgt, s_layers, t_layers) + terms, disk + written
 
 
 def _stitch_inputs(src: Net, sl: str, tgt: Net, tl: str, conv_stitch: str) -> int:
@@ -193,7 +205,8 @@ def _tlm(cfg, src: Net, tgt: Net, s_layers, t_layers, settings, policy, conv_sti
         mem += group * settings["batch_size"] * tgt.activations()
     disk = sum((_stitch_inputs(src, x, tgt, y, conv_stitch) * tgt.channels(y) + tgt.channels(y)) * F32 + 300
                for x in s_layers for y in t_layers)
-    return mem + _eval_block(cfg, src, tgt, s_layers, t_layers), disk
+    terms, written = _per_image(src, s_layers, t_layers)
+    return mem + _eval_block(cfg, src, tgt, s_layers, t_layers) + terms, disk + written
 
 
 def _detector_net(cfg, net: Net, layer: str) -> tuple[int, int]:
@@ -269,13 +282,77 @@ def _index_n(cfg, net: Net) -> int:
     return net.n_test if cfg["similarity"]["samples"] == "all" else min(cfg["similarity"]["samples"], net.n_test)
 
 
-def _indices(cfg, *nets: Net) -> tuple[int, int]:
+def _index_rows(cfg, nets: int, layers: int) -> int:
+    """Rows of one indices job's CSV: every ordered network pair, layer pair and measure."""
+    return nets ** 2 * layers ** 2 * len(cfg["similarity"]["measures"])
+
+
+def bootstrap_layer_bytes(shape: tuple[int, ...], layout: str, n: int, reshape: str, loadings: bool) -> int:
+    """Host bytes of one layer in the indices job's bootstrap over test images (uncertainty.index_bootstrap), per
+    matrix its statistics factorise under ``reshape`` (rows × p; 'paper1' keeps the pooled and the per-position
+    one): what the statistics keep (similarity.LayerStats: the mean, U, the Gram's diagonal, PWCCA's loadings), the
+    coordinates Z = U diag(s) and per-image sums, and the n × n Gram where one row is one image."""
+    c, positions = channels_positions(shape, layout)
+    views = ([(n, math.prod(shape))] if reshape == "flatten" else []) + \
+        ([(n, c)] if reshape in ("pool", "paper1") else []) + \
+        ([(n * positions, c)] if reshape in ("positions", "paper1") else [])
+    out = 0
+    for rows, p in views:
+        rank = min(rows, p)
+        gram, kept = (n * n if rows == n else 0), (p * rank if loadings else 0)
+        out += F64 * (p + 2 * rows * rank + rows + n * rank + gram + kept)
+    return out
+
+
+def bootstrap_groups(pairs: list[tuple[str, str]], layers: dict[str, list[str]], nbytes: dict[tuple[str, str], int],
+                     budget: int = BOOTSTRAP_BYTES) -> list[list[tuple[str, str, str, str]]]:
+    """How the indices job bootstraps its (source, source layer, target, target layer) pairs: all in one group when
+    every layer of every network fits in ``budget`` (``nbytes``: per (network, layer), e.g.
+    :func:`bootstrap_layer_bytes`), each layer's per-replicate moments then computed once, the fastest; else one
+    group per network pair; else one per layer pair — the memory then of two layers at any number of networks.
+    The replicates are the same in every grouping (the same count vectors)."""
+    every = [(s, sl, t, tl) for s, t in pairs for sl in layers[s] for tl in layers[t]]
+
+    def size(group) -> int:
+        return sum(nbytes[k] for k in dict.fromkeys(x for s, sl, t, tl in group for x in ((s, sl), (t, tl))))
+
+    if size(every) <= budget:
+        return [every]
+    per_pair = [[x for x in every if (x[0], x[2]) == p] for p in pairs]
+    return per_pair if max(map(size, per_pair)) <= budget else [[x] for x in every]
+
+
+def _bootstrap(cfg, nets: tuple[Net, ...]) -> int:
+    """Peak bytes of the indices job's bootstrap over test images beside its LRU statistics: the largest group of
+    :func:`bootstrap_groups`, its (replicates × layers² × indices) results and the per-replicate moments' working
+    budget (uncertainty._BUDGET, 128 MB, a few times)."""
     s = cfg["similarity"]
+    boot = catalog.bootstrapped_indices(s["measures"], cfg["uncertainty"])
+    if not boot:
+        return 0
+    names = [f"{i}" for i in range(len(nets))]
+    pairs = [(a, b) for a in names for b in names]
+    layers = {x: list(net.layers) for x, net in zip(names, nets)}
+    loadings = {s["reshape"][m] for m in s["measures"] if catalog.MEASURES[m].needs_loadings}
+    nbytes = {(x, layer): sum(bootstrap_layer_bytes(*net.layers[layer], _index_n(cfg, net), r, r in loadings)
+                              for r in {s["reshape"][m] for m in boot})
+              for x, net in zip(names, nets) for layer in net.layers}
+    peak = 0
+    for group in bootstrap_groups(pairs, layers, nbytes):
+        held = dict.fromkeys(x for a, sl, b, tl in group for x in ((a, sl), (b, tl)))
+        peak = max(peak, sum(nbytes[k] for k in held) + 2 * cfg["uncertainty"]["replicates"] * len(held) ** 2
+                   * len(boot) * F64)
+    return 3 * 128 * MB + peak
+
+
+def _indices(cfg, *nets: Net) -> tuple[int, int]:
+    s, u = cfg["similarity"], cfg["uncertainty"]
     reshapes = {s["reshape"][m] for m in s["measures"]}
     held = sum(_layer_stats(net, layer, _index_n(cfg, net), reshapes) for net in nets for layer in net.layers)
     largest = max(_layer_stats(net, x, _index_n(cfg, net), reshapes) for net in nets for x in net.layers)
-    pairs = len(nets) ** 2 * len(nets[0].layers) ** 2 * len(s["measures"])
-    return BASE + min(held, INDEX_STATS_BYTES) + largest, pairs * 250
+    rows = _index_rows(cfg, len(nets), len(nets[0].layers))
+    replicates = rows * u["replicates"] * F32 if u["enabled"] else 0  # rows × B float32, NaN where not resampled
+    return BASE + min(held, INDEX_STATS_BYTES) + largest + _bootstrap(cfg, nets) + replicates, rows * 250 + replicates
 
 
 def _probes(cfg, net: Net) -> tuple[int, int]:
@@ -388,6 +465,7 @@ def estimate(cfg: dict[str, Any], splits: tuple[int, int] | None = None) -> dict
                                 *(x for _, s, t in frank for x in (s, t))]))
     randoms = sorted({x for _, cond, s, t in cross for x, state in zip((s, t), sconf.CONTROLS[cond])
                       if state == "random"})
+    every_reps = []
     for ds in cfg["datasets"]:
         add = partial(_add, rules, cfg, ds, splits, {})
         for name in every:
@@ -422,15 +500,31 @@ def estimate(cfg: dict[str, Any], splits: tuple[int, int] | None = None) -> dict
             name = {"inits": "frankenstein_inits", "sparsity": "frankenstein_sparsity"}.get(experiment,
                                                                                           "frankenstein_run")
             add(name, [s, t], _frankenstein, experiment, f, policy["frankenstein"])
-        for name, on in (("similarity_table", True), ("table1", True), ("ood_figures", o["enabled"]),
-                         ("ding_tables", cfg["ding"]["enabled"]), ("cross_report", bool(cross)),
-                         ("frankenstein_figures", bool(frank))):
+        reps = _long_rows(cfg, pairs) * cfg["uncertainty"]["replicates"] * F32 if cfg["uncertainty"]["enabled"] else 0
+        every_reps.append(reps)
+        for name, mem, disk, on in (("similarity_table", 3 * reps, reps, True), ("table1", 2 * reps, 0, True),
+                                    ("ood_figures", 0, 0, o["enabled"]), ("ding_tables", 0, 0, cfg["ding"]["enabled"]),
+                                    ("cross_report", 0, 0, bool(cross)), ("frankenstein_figures", 0, 0, bool(frank))):
             if on:
-                rules.setdefault(name, Rule()).add(LIGHT + 200 * MB, 5 * MB)
-    if cfg["datasets"]:
-        rules.setdefault("heatmaps", Rule()).add(LIGHT + 200 * MB, 20 * MB)
+                rules.setdefault(name, Rule()).add(LIGHT + 200 * MB + mem, 5 * MB + disk)
+    if cfg["datasets"]:  # one heatmaps job draws every dataset's figures, holding each dataset's replicates
+        rules.setdefault("heatmaps", Rule()).add(LIGHT + 200 * MB + sum(every_reps) + max(every_reps), 20 * MB)
         rules.setdefault("report", Rule()).add(LIGHT + 200 * MB, 50 * MB)
     return rules
+
+
+def _long_rows(cfg, pairs: list[tuple[str, str]]) -> int:
+    """Rows of one dataset's long table (results/matrices/<dataset>/similarity.csv): per stitched layer pair one
+    for TLM and two for DM (functional, structural), and the indices jobs' rows. Its replicates are rows × B
+    float32 (similarity.npz), which the table and heatmap jobs hold (the similarity table twice while it joins
+    them)."""
+    layers = {a: len(sconf.layers(cfg, a)) for a in sconf.matrix_architectures(cfg)}
+    per_pair = {"tlm": 1, "dm": 2}
+    rows = sum(per_pair[m] * layers[sconf.parse_network(s)[0]] * layers[sconf.parse_network(t)[0]]
+               for s, t in pairs for m in cfg["stitching"]["methods"] if sconf.parse_network(s)[0] in layers)
+    if cfg["similarity"]["measures"]:
+        rows += sum(_index_rows(cfg, len(cfg["seeds"]), n) for n in layers.values())
+    return rows
 
 
 def _max(*estimates: tuple[int, int]) -> tuple[int, int]:

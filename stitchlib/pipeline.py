@@ -21,7 +21,7 @@ from stitchlib import catalog, data, hooked, io, models, ood, tasks
 from stitchlib import config as sconf
 from stitchlib import similarity as sim
 from stitchlib import uncertainty as unc
-from stitchlib.footprint import INDEX_STATS_BYTES
+from stitchlib.footprint import BOOTSTRAP_BYTES, INDEX_STATS_BYTES, bootstrap_groups, bootstrap_layer_bytes
 from stitchlib.progress import Progress
 from stitchlib.stitching import AffineStitch, Evaluation, LeastSquares, LowRank, dm_rows, make_stitch, pooled, train_tlm
 from stitchlib.train import accuracy, pick_device, train_network
@@ -546,7 +546,8 @@ def _nbytes(x: Any) -> int:
 
 def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: list[tuple[str, str]],
                        settings: dict[str, Any], out_csv: str, uncertainty: dict[str, Any] | None = None,
-                       out_npz: str | None = None, budget: int = INDEX_STATS_BYTES) -> None:
+                       out_npz: str | None = None, budget: int = INDEX_STATS_BYTES,
+                       bootstrap_budget: int = BOOTSTRAP_BYTES) -> None:
     """Every configured structural index for every layer pair of every network pair, from per-layer statistics
     per (network, layer, reshape) computed from the test-split cache, held up to ``budget`` bytes (least recently
     used dropped and recomputed when needed again: at paper scale a layer's statistics can take 0.5 GB).
@@ -557,7 +558,8 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
 
     ``uncertainty`` (the config section): the indices it names are also bootstrapped over the test images
     (:func:`stitchlib.uncertainty.index_bootstrap`, from the same statistics); ``out_npz`` gets 'replicates'
-    (rows of the CSV × replicates, float32; NaN for the other indices and undefined replicates).
+    (rows of the CSV × replicates, float32; NaN for the other indices and undefined replicates), bootstrapped in
+    groups of layer pairs that hold at most ``bootstrap_budget`` bytes (:func:`_index_replicates`).
     """
     for net, path in test_h5.items():
         check_activations(specs[net], path)
@@ -611,41 +613,58 @@ def similarity_indices(specs: dict[str, dict], test_h5: dict[str, str], pairs: l
                  for m in measures for si, sl in enumerate(s["layers"]) for ti, tl in enumerate(t["layers"])]
     log.info("%d index values from %d layer statistics computed in %.1f s", len(rows), computed, time.time() - start)
     if out_npz is not None:
-        io.write_npz(out_npz, {"replicates": _index_replicates(specs, pairs, settings, uncertainty, blocks, len(rows),
-                                                               get)})
+        io.write_npz(out_npz, {"replicates": _index_replicates(specs, test_h5, pairs, settings, uncertainty, blocks,
+                                                               len(rows), get, bootstrap_budget)})
     io.write_csv(pd.DataFrame(rows), out_csv)
 
 
-def _index_replicates(specs: dict[str, dict], pairs: list[tuple[str, str]], settings: dict[str, Any],
-                      uncertainty: dict[str, Any] | None, blocks: list[tuple], n_rows: int, get) -> np.ndarray:
-    """Replicates (rows × B, float32) of the indices named in ``uncertainty.indices``; one
-    `stitchlib.uncertainty.index_bootstrap` per reshape for every layer pair of every network pair, so each
-    layer's per-replicate moments are computed once. NaN elsewhere (and for layers without statistics)."""
+def _index_replicates(specs: dict[str, dict], test_h5: dict[str, str], pairs: list[tuple[str, str]],
+                      settings: dict[str, Any], uncertainty: dict[str, Any] | None, blocks: list[tuple], n_rows: int,
+                      get, budget: int = BOOTSTRAP_BYTES) -> np.ndarray:
+    """Replicates (rows × B, float32) of the indices named in ``uncertainty.indices``, by
+    `stitchlib.uncertainty.index_bootstrap` per reshape over the groups of layer pairs of
+    `stitchlib.footprint.bootstrap_groups`: on the default every layer pair of every network pair at once (each
+    layer's per-replicate moments computed once), at paper scale per network pair or per layer pair, so that what
+    a group holds stays within ``budget`` bytes. NaN elsewhere (and for layers without statistics)."""
     u = uncertainty or {"enabled": False}
     B = u["replicates"] if u["enabled"] else 0
     reps, start = np.full((n_rows, B), np.nan, np.float32), time.time()
-    boot = [m for m in settings["measures"] if B and m in (u["indices"] or unc.DEFAULT_INDICES)]
+    boot = catalog.bootstrapped_indices(settings["measures"], u)
+    if not boot:
+        return reps
     opts = {"regularization": settings["regularization"], "svcca_variance": settings["svcca_variance"]}
+    row = {(src, sl, tgt, tl, m): first + si * len(specs[tgt]["layers"]) + ti for first, src, tgt, m in blocks
+           for si, sl in enumerate(specs[src]["layers"]) for ti, tl in enumerate(specs[tgt]["layers"])}
+    loadings = {settings["reshape"][m] for m in settings["measures"] if catalog.MEASURES[m].needs_loadings}
+    nets = list(dict.fromkeys(x for p in pairs for x in p))
+    with_n = {}
+    for net in nets:
+        with io.open_activations(test_h5[net]) as f:
+            total = len(f["labels"])
+        with_n[net] = (layer_shapes(test_h5[net]), total if settings["samples"] == "all" else settings["samples"])
+    sizes = []
     for reshape in dict.fromkeys(settings["reshape"][m] for m in boot):
         ms = [m for m in boot if settings["reshape"][m] == reshape]
-        layers = {(net, layer): _try(get, net, layer, reshape) for src_tgt in pairs for net in src_tgt
-                  for layer in specs[net]["layers"]}
-        keys = [k for k, st in layers.items() if not isinstance(st, Exception)]
-        pos = {k: i for i, k in enumerate(keys)}
-        wanted = [(pos[src, sl], pos[tgt, tl]) for src, tgt in pairs for sl in specs[src]["layers"]
-                  for tl in specs[tgt]["layers"] if (src, sl) in pos and (tgt, tl) in pos]
-        stats = [layers[k] for k in keys]
-        b = unc.index_bootstrap(stats, stats, ms, replicates=B, seed=u["seed"], jackknife=False, pairs=wanted,
-                                **opts)
-        for first, src, tgt, m in blocks:
-            if m in ms:
-                for si, sl in enumerate(specs[src]["layers"]):
-                    for ti, tl in enumerate(specs[tgt]["layers"]):
-                        if (src, sl) in pos and (tgt, tl) in pos:
-                            reps[first + si * len(specs[tgt]["layers"]) + ti] = b[m].replicates[
-                                :, pos[src, sl], pos[tgt, tl]]
-    if B:
-        log.info("%d bootstrap replicates of %s over the test images in %.1f s", B, boot, time.time() - start)
+        nbytes = {(net, layer): bootstrap_layer_bytes(*with_n[net][0][layer], with_n[net][1], reshape,
+                                                      reshape in loadings)
+                  for net in nets for layer in specs[net]["layers"]}
+        groups = bootstrap_groups(pairs, {net: specs[net]["layers"] for net in nets}, nbytes, budget)
+        sizes.append(len(groups))
+        for group in groups:
+            held = list(dict.fromkeys(x for s, sl, t, tl in group for x in ((s, sl), (t, tl))))
+            layers = {k: _try(get, *k, reshape) for k in held}
+            pos = {k: i for i, k in enumerate(k for k in held if not isinstance(layers[k], Exception))}
+            done = [x for x in group if (x[0], x[1]) in pos and (x[2], x[3]) in pos]
+            if not done:
+                continue
+            stats = [layers[k] for k in pos]
+            b = unc.index_bootstrap(stats, stats, ms, replicates=B, seed=u["seed"], jackknife=False,
+                                    pairs=[(pos[s, sl], pos[t, tl]) for s, sl, t, tl in done], **opts)
+            for s, sl, t, tl in done:
+                for m in ms:
+                    reps[row[s, sl, t, tl, m]] = b[m].replicates[:, pos[s, sl], pos[t, tl]]
+    log.info("%d bootstrap replicates of %s over the test images in %.1f s (%s group(s) of layer pairs)", B, boot,
+             time.time() - start, "/".join(map(str, sizes)))
     return reps
 
 

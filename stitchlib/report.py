@@ -60,10 +60,10 @@ def similarity_table(stitching: list[str], indices: list[str], out_csv: str, out
         for p in stitching:
             z = io.read_npz(Path(p).with_suffix(".npz"))
             C = unc.resample_counts(z["receiver"].shape[-1], B, uncertainty["seed"])
-            cols["relative_accuracy"].append(unc.mean_ratio(z["correct"], z["receiver"], C).T)
-            cols["struct"].append(unc.mean_ratio(z["err"], z["norm"], C).T)
+            cols["relative_accuracy"].append(unc.mean_ratio(z["correct"], z["receiver"], C).T.astype(np.float32))
+            cols["struct"].append(unc.mean_ratio(z["err"], z["norm"], C).T.astype(np.float32))
         long, r = stitching_long(df, {k: np.concatenate(v) for k, v in cols.items()})
-        parts, reps = [long], [r.astype(np.float32)]
+        parts, reps = [long], [r]
     for p in indices:
         parts.append(pd.read_csv(p))
         r = io.read_npz(Path(p).with_suffix(".npz"))["replicates"]
@@ -173,16 +173,17 @@ def identification_intervals(long: pd.DataFrame, replicates: np.ndarray, tie_rul
     B = replicates.shape[1]
     values = long["value"].to_numpy(float)
     images = ~np.isnan(replicates).all(1)
-    reps = np.where(images[:, None], replicates, values[:, None])
     groups: dict[tuple, list] = {}
     for measure, setting, arch, src, tgt, tl, rows, corr in _targets(long):
         higher = catalog.measure(measure).higher_is_similar
         point = credit(values[rows, None], corr, higher, "fractional" if tie_rule == "bootstrap" else tie_rule)[0]
         if not np.isfinite(point):
             continue
-        frac = credit(reps[rows], corr, higher, "fractional")
+        # one target's rows at a time (never a float64 copy of every replicate: rows × B is GBs at paper scale)
+        reps = np.where(images[rows, None], replicates[rows], values[rows, None])
+        frac = credit(reps, corr, higher, "fractional")
         p_best = float(np.nanmean(frac))
-        rep = np.full(B, p_best) if tie_rule == "bootstrap" else credit(reps[rows], corr, higher, tie_rule)
+        rep = np.full(B, p_best) if tie_rule == "bootstrap" else credit(reps, corr, higher, tie_rule)
         groups.setdefault((measure, setting, arch), []).append(
             ((src, tgt), tl, p_best if tie_rule == "bootstrap" else point, rep, p_best, images[rows].all()))
     table, layers = [], []

@@ -76,7 +76,7 @@ __all__ = ["Bootstrap", "METHODS", "resample_counts", "jackknife_counts", "netwo
            "permutation_test"]
 
 METHODS = ("percentile", "bc", "bca")
-DEFAULT_INDICES = ("lcka", "lcka_debiased")  # resampled over images by default: the Gram route is cheap
+DEFAULT_INDICES = catalog.BOOTSTRAP_INDICES  # resampled over images by default: the Gram route is cheap
 _BUDGET = 2**24  # float64 elements per chunk of per-replicate moments (128 MB)
 _CKA = ("lcka", "lcka_debiased")
 _NEEDS_EIGH = ("pwcca", "mean_cca", "svcca", "r2_lr", "dm_struct")

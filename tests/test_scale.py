@@ -158,6 +158,34 @@ def test_streamed_evaluation_equals_one_pass_at_any_block_size(pair):
     assert (row.accuracy, row.struct) == (one["accuracy"], one["struct"])
 
 
+def test_index_bootstrap_in_groups_of_any_size_gives_the_same_replicates(pair, tmp_path):
+    """At paper scale the indices job bootstraps per network pair or per layer pair (footprint.bootstrap_groups),
+    so that its memory stays bounded; the replicates are those of one group holding every layer."""
+    s, t = pair["rn-s0"], pair["rn-s1"]
+    specs, h5 = {"rn-s0": s["spec"], "rn-s1": t["spec"]}, {"rn-s0": s["test"], "rn-s1": t["test"]}
+    pairs = [("rn-s0", "rn-s0"), ("rn-s0", "rn-s1"), ("rn-s1", "rn-s1")]
+    settings = {**pair["cfg"]["similarity"], "measures": ["lcka", "lcka_debiased", "opd"]}
+    u = {**pair["cfg"]["uncertainty"], "enabled": True, "replicates": 50, "indices": ["lcka", "lcka_debiased"]}
+    nbytes = {(n, x): footprint.bootstrap_layer_bytes(*pipeline.layer_shapes(h5[n])[x], 397, "flatten", False)
+              for n in specs for x in specs[n]["layers"]}
+    layers = {n: specs[n]["layers"] for n in specs}
+    two = 2 * max(nbytes.values())
+    assert [len(footprint.bootstrap_groups(pairs, layers, nbytes, b)) for b in (2 ** 40, two)] == [1, 12]
+    one_net = sum(v for (n, _), v in nbytes.items() if n == "rn-s0")  # per network pair: s0 with s0, s1 with s1
+    assert len(footprint.bootstrap_groups(pairs[:1] + pairs[2:], layers, nbytes, one_net)) == 2
+    reps = {}
+    for budget in (2 ** 40, two):  # every layer at once; per layer pair
+        out = tmp_path / f"{budget}.csv"
+        pipeline.similarity_indices(specs, h5, pairs, settings, str(out), u, str(out.with_suffix(".npz")),
+                                    bootstrap_budget=budget)
+        reps[budget] = io.read_npz(out.with_suffix(".npz"))["replicates"]
+    first = reps[2 ** 40]
+    rows = pd.read_csv(tmp_path / f"{2 ** 40}.csv").measure.isin(["LCKA", "LCKA (debiased)"]).to_numpy()
+    assert np.isfinite(first[rows]).all() and np.isnan(first[~rows]).all()
+    for r in reps.values():
+        np.testing.assert_allclose(r, first, rtol=1e-5, atol=1e-6)  # float32 rows; BLAS order may differ
+
+
 def test_the_training_summary_is_what_probes_and_the_sensitivity_test_read(pair, tmp_path):
     from stitchlib import ding
 
@@ -262,3 +290,11 @@ def test_footprint_of_paper1_cifar10_fits_the_targets_and_resources_follow_it():
     assert sum(r.disk for r in footprint.estimate(cached).values()) > 1.5e12  # today's layout: every split cached
     text, flagged = footprint.report(paper, requested={"tlm": 1000})
     assert flagged == ["tlm"] and "EXCEEDS the 1000 MB requested" in text
+    # The table jobs hold the long table's bootstrap replicates: 10 × 10 network pairs of ResNet-18 (8 stitch
+    # points) and of ViT (12), TLM + DM's two rows + 7 indices per layer pair, × 1,000 replicates of float32.
+    pairs = list(dict.fromkeys(p for s in paper["stitching"]["settings"] for p in sconf.network_pairs(paper, s)))
+    rows = footprint._long_rows(paper, pairs)
+    assert rows == 100 * (8 * 8 + 12 * 12) * (3 + 7)
+    assert rules["table1"].mem >= 2 * rows * 1000 * 4 and rules["similarity_table"].disk >= rows * 1000 * 4
+    off = footprint.estimate(sconf.validate({**paper, "uncertainty": {**paper["uncertainty"], "enabled": False}}))
+    assert off["table1"].mem < 1e9 and off["indices"].mem < rules["indices"].mem
