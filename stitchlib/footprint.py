@@ -26,7 +26,7 @@ CUDA = 2560 * MB   # host memory of the CUDA libraries and context in a job that
 LIGHT = 400 * MB   # table and figure jobs
 F32, F64 = 4, 8
 INDEX_STATS_BYTES = 8 * 2 ** 30  # layer statistics an indices job holds (pipeline.similarity_indices)
-BOOTSTRAP_BYTES = 4 * 2 ** 30  # what one group of its bootstrap over test images holds beside them (bootstrap_groups)
+BOOTSTRAP_BYTES = 2 * 2 ** 30  # what one group of its bootstrap over test images holds beside them (bootstrap_groups)
 
 
 def channels_positions(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
