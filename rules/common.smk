@@ -136,7 +136,7 @@ def table1(dataset):
 
 
 def detectors(dataset, net, ext="pt"):
-    """Every layer's detector weights (ext pt) or spec (ext json)."""
+    """Every layer's detector weights (ext pt), spec (ext json) or energies (ext npz)."""
     arch = sconf.parse_network(net)[0]
     return [f"{R}/ood/{dataset}/detectors/{net}/{layer}.{ext}" for layer in sconf.layers(config, arch)]
 
@@ -291,14 +291,19 @@ FPR95 = sconf.ood_settings(config)["fpr95"]
 METHODS = config["stitching"]["methods"]
 
 
+def detector_files(w):
+    """Every layer's detector weights, spec and energies (pipeline.DETECTOR_FILES), for the network's index."""
+    return {
+        k: detectors(w.dataset, w.net, ext) for k, ext in (("weights", "pt"), ("spec", "json"), ("energies", "npz"))
+    }
+
+
 def ood_score_inputs(w):
     return {
         "stitches": [stitch_file(w.dataset, m, w.src, w.tgt, "pt") for m in METHODS],
         "src_test": acts(w.dataset, w.src, "test"),
         "tgt_test": acts(w.dataset, w.tgt, "test"),
-        "detectors": detectors(w.dataset, w.tgt),
-        "detector_specs": detectors(w.dataset, w.tgt, "json"),
-        "detector_energies": detectors(w.dataset, w.tgt, "npz"),
+        "detectors": f"{R}/ood/{w.dataset}/detectors/{w.tgt}.json",
     }
 
 

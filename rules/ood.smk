@@ -1,6 +1,7 @@
 # OOD detectors (paper 1, Section 4): outlier activations per network, one detector per (network, layer),
-# then the AUROC of every stitch's activations against the receiving layer's own: one job per network pair
-# scores every stitching method, loading each detector once (one CSV and NPZ per method, as the stitches).
+# indexed per network (one file OOD scoring depends on), then the AUROC of every stitch's activations against the
+# receiving layer's own: one job per network pair scores every stitching method, loading each detector once (one
+# CSV and NPZ per method, as the stitches).
 
 
 rule outliers:
@@ -51,6 +52,27 @@ rule detector:
         device=DEVICE,
     script:
         "../workflow_scripts/detector.py"
+
+
+rule detectors:
+    input:
+        unpack(detector_files),
+    output:
+        f"{R}/ood/{{dataset}}/detectors/{{net}}.json",
+    log:
+        f"{R}/logs/detectors/{{dataset}}/{{net}}.log",
+    localrule: True
+    conda:
+        "../envs/stitchlib.yaml"
+    threads: 1
+    resources:
+        mem_mb=requested("detectors", "mem_mb"),
+        disk_mb=requested("detectors", "disk_mb"),
+        runtime=5,
+    params:
+        spec=net_spec,
+    script:
+        "../workflow_scripts/detectors.py"
 
 
 rule ood_scores:

@@ -311,15 +311,13 @@ def bootstrap_groups(pairs: list[tuple[str, str]], layers: dict[str, list[str]],
     :func:`bootstrap_layer_bytes`), each layer's per-replicate moments then computed once, the fastest; else one
     group per network pair; else one per layer pair — the memory then of two layers at any number of networks.
     The replicates are the same in every grouping (the same count vectors)."""
-    every = [(s, sl, t, tl) for s, t in pairs for sl in layers[s] for tl in layers[t]]
-
-    def size(group) -> int:
-        return sum(nbytes[k] for k in dict.fromkeys(x for s, sl, t, tl in group for x in ((s, sl), (t, tl))))
-
-    if size(every) <= budget:
-        return [every]
-    per_pair = [[x for x in every if (x[0], x[2]) == p] for p in pairs]
-    return per_pair if max(map(size, per_pair)) <= budget else [[x] for x in every]
+    per_pair = [[(s, sl, t, tl) for sl in layers[s] for tl in layers[t]] for s, t in pairs]
+    nets = dict.fromkeys(x for p in pairs for x in p)
+    if sum(nbytes[x, layer] for x in nets for layer in layers[x]) <= budget:
+        return [[x for group in per_pair for x in group]]
+    if max(sum(nbytes[x, layer] for x in dict.fromkeys(p) for layer in layers[x]) for p in pairs) <= budget:
+        return per_pair
+    return [[x] for group in per_pair for x in group]
 
 
 def _bootstrap(cfg, nets: tuple[Net, ...]) -> int:
@@ -439,17 +437,21 @@ def _cross_pair(cfg, a: Net, b: Net, policy: str) -> tuple[int, int]:
 
 def _add(rules: dict[str, Rule], cfg, dataset: str, splits, nets: dict, name: str, names: list[str], fn,
          *args) -> None:
-    """One job of rule ``name`` on networks ``names``, estimated by ``fn(cfg, *nets, *args)``."""
-    for x in names:
-        arch = sconf.parse_network(x)[0]
+    """One job of rule ``name`` on networks ``names``, estimated by ``fn(cfg, *nets, *args)`` (once per architectures
+    and arguments: the jobs of other seeds are the same size; a paper config scaled to 20,000 jobs has 20 kinds)."""
+    archs = tuple(sconf.parse_network(x)[0] for x in names)
+    for arch in archs:
         if arch not in nets:
             nets[arch] = _net(cfg, arch, dataset, splits)
-    found = [nets[sconf.parse_network(x)[0]] for x in names]
+    found = [nets[a] for a in archs]
     r = rules.setdefault(name, Rule())
     if any(x is None for x in found):
         r.jobs, r.unknown = r.jobs + 1, r.unknown + 1
-    else:
-        r.add(*fn(cfg, *found, *args))
+        return
+    key = (name, fn, archs, len(names), *map(repr, args))
+    if key not in nets:
+        nets[key] = fn(cfg, *found, *args)
+    r.add(*nets[key])
 
 
 def estimate(cfg: dict[str, Any], splits: tuple[int, int] | None = None) -> dict[str, Rule]:
@@ -480,6 +482,7 @@ def estimate(cfg: dict[str, Any], splits: tuple[int, int] | None = None) -> dict
                     add("outliers", [name], _outliers)
                 for layer in sconf.layers(cfg, arch):
                     add("detector", [name], _detector, layer, policy["detector"])
+                rules.setdefault("detectors", Rule()).add(BASE, 20_000)  # the network's detector index
             if cfg["ding"]["enabled"]:
                 add("probes", [name], _probes)
                 add("sensitivity", [name], _sensitivity, sconf.sensitivity_layers(cfg, arch))

@@ -725,6 +725,33 @@ def train_detector(spec: dict, layer: str, inputs: dict[str, str], settings: dic
                 np.savez(fh, test=e_test, heldout=e_heldout)
 
 
+DETECTOR_FILES = ("weights", "spec", "energies")  # train_detector's out_pt, out_json, out_npz
+
+
+def detector_index(spec: dict, files: dict[str, list[str]], out_json: str) -> None:
+    """One network's detectors in one file (what OOD scoring depends on: one input per network instead of three
+    per layer, which at paper scale was most of the DAG's edges): per layer, in ``spec``'s order, its
+    :data:`DETECTOR_FILES` (``files``: each a list over the layers) and its check on held-out outliers."""
+    layers = []
+    for i, layer in enumerate(spec["layers"]):
+        paths = {k: str(files[k][i]) for k in DETECTOR_FILES}
+        meta = io.read_json(paths["spec"])
+        if meta.get("layer") != layer or meta.get("network") != spec["net"]:
+            raise ValueError(f"{paths['spec']} is the detector of {meta.get('network')}:{meta.get('layer')}, not of "
+                             f"{spec['net']}:{layer}; delete it and rerun its detector job")
+        layers.append({"layer": layer, **paths, "heldout_sanity": meta["heldout_sanity"]})
+    io.write_json(out_json, {"network": spec["net"], "layers": layers})
+
+
+def read_detector_index(path: str, spec: dict) -> dict[str, dict[str, str]]:
+    """{layer: its detector files} of :func:`detector_index`'s file, for every layer of ``spec``."""
+    index = {x["layer"]: x for x in io.read_json(path)["layers"]}
+    missing = [x for x in spec["layers"] if x not in index]
+    if missing:
+        raise ValueError(f"{path} has no detector for {spec['net']} layer(s) {missing}; rerun its detectors job")
+    return {x: index[x] for x in spec["layers"]}
+
+
 def load_detector(pt: str, spec_json: str, device: torch.device):
     """A trained detector from its weights ``pt`` and its spec ``spec_json`` (both written by train_detector)."""
     spec = io.read_json(spec_json)
@@ -746,16 +773,17 @@ def ood_pair(src_spec: dict, tgt_spec: dict, inputs: dict[str, Any], outputs: di
     """AUROC (and AUPR, FPR@95) of the target layer's detector: the receiver's own test activations
     (positive class) vs. the stitched activations of the same test images, for every layer pair and every
     stitching method. ``inputs['stitches']`` maps each method to its stitch file, ``outputs`` to its (CSV, NPZ);
-    ``inputs['detectors']``, ``['detector_specs']`` and ``['detector_energies']`` are the target layers' detectors,
-    their JSON and the receiver's own and the held-out outliers' energies under them (written by
-    :func:`train_detector`). The source's test split is read in blocks of at most ``block_mb`` MB."""
+    ``inputs['detectors']`` is the target network's :func:`detector_index`: per layer the detector, its JSON and
+    the receiver's own and the held-out outliers' energies under it (written by :func:`train_detector`). The
+    source's test split is read in blocks of at most ``block_mb`` MB."""
     dev = pick_device(device)
     check_activations(src_spec, inputs["src_test"])
     stitches = {m: _load_stitches(pt, src_spec, tgt_spec, inputs["src_test"], inputs["tgt_test"])
                 for m, pt in inputs["stitches"].items()}
     layers = tgt_spec["layers"]
-    dets = {tl: load_detector(pt, js, dev) for tl, pt, js in zip(layers, inputs["detectors"], inputs["detector_specs"])}
-    own = {tl: np.load(npz) for tl, npz in zip(layers, inputs["detector_energies"])}
+    index = read_detector_index(inputs["detectors"], tgt_spec)
+    dets = {tl: load_detector(index[tl]["weights"], index[tl]["spec"], dev) for tl in layers}
+    own = {tl: np.load(index[tl]["energies"]) for tl in layers}
     scores: dict[tuple[str, str, str], list[np.ndarray]] = {}
     sl_names = src_spec["layers"]
     for _, block in io.blocks(inputs["src_test"], [f"layers/{sl}" for sl in sl_names],

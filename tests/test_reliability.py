@@ -538,7 +538,8 @@ def test_a_corrupt_input_fails_its_job_only_and_the_advised_command_recomputes_i
 
 
 def test_every_file_the_ood_scores_job_reads_is_declared(tmp_path):
-    """It loads each target layer's detector weights and its JSON spec: both are inputs (a changed spec reruns it)."""
+    """It loads each target layer's detector weights, JSON spec and energies through the network's detector index:
+    the index is its input, and the index's inputs are those files (a changed spec reruns both)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
@@ -546,10 +547,17 @@ def test_every_file_the_ood_scores_job_reads_is_declared(tmp_path):
         wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile",
                           config_settings=ConfigSettings(configfiles=[TINY], config={"results": "results"}),
                           workdir=tmp_path)
-        (rule,) = [r for r in wf._workflow.rules if r.name == "ood_scores"]
-        (inputs,) = rule.input  # unpack(ood_score_inputs)
-        function = getattr(inputs._file, "callable", None) or inputs._file
-        files = function(SimpleNamespace(dataset="digits", src="rn-s0", tgt="rn-s1"))
+        rules = {r.name: r for r in wf._workflow.rules}
+
+        def inputs_of(name, **wildcards):
+            (inputs,) = rules[name].input  # unpack(<input function>)
+            function = getattr(inputs._file, "callable", None) or inputs._file
+            return function(SimpleNamespace(dataset="digits", **wildcards))
+
+        scores = inputs_of("ood_scores", src="rn-s0", tgt="rn-s1")
+        index = inputs_of("detectors", net="rn-s1")
+        produces_index = rules["detectors"].is_producer("results/ood/digits/detectors/rn-s1.json")
     layers = ["layer1.0", "layer2.1", "layer3.1", "layer4.1"]
-    assert files["detectors"] == [f"results/ood/digits/detectors/rn-s1/{x}.pt" for x in layers]
-    assert files["detector_specs"] == [f"results/ood/digits/detectors/rn-s1/{x}.json" for x in layers]
+    assert scores["detectors"] == "results/ood/digits/detectors/rn-s1.json" and produces_index
+    for key, ext in (("weights", "pt"), ("spec", "json"), ("energies", "npz")):
+        assert index[key] == [f"results/ood/digits/detectors/rn-s1/{x}.{ext}" for x in layers]

@@ -58,7 +58,8 @@ def test_default_config_dry_run_job_counts(tmp_path):
     # the 4 architectures (8 jobs), Fig. 4 on both Tiny-10 pairs, Figs. 5 and 7 one job each (12 frankenstein_run)
     assert job_counts(out.stdout) == {"train": 17, "extract": 17, "dm": 18, "tlm": 18, "indices": 2,
                                       "similarity_table": 1, "table1": 1, "heatmaps": 1, "all": 1,
-                                      "outliers": 6, "detector": 42, "ood_scores": 18, "ood_figures": 1,
+                                      "outliers": 6, "detector": 42, "detectors": 6, "ood_scores": 18,
+                                      "ood_figures": 1,
                                       "probes": 6, "sensitivity": 6, "specificity": 2, "ding_tables": 1,
                                       "cross_init": 3, "cross_pair": 29, "cross_report": 1,
                                       "frankenstein_run": 12, "frankenstein_inits": 1, "frankenstein_sparsity": 1,

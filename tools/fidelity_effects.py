@@ -214,18 +214,19 @@ def _ood_variant(run: Run, override: dict) -> dict:
 
 def _score(run: Run, net: str, sources: list[str], methods: list[str], settings: dict, tmp: Path) -> pd.DataFrame:
     """Train ``net``'s detectors with ``settings`` and score the run's stitches from ``sources`` into it."""
-    t, dets = run.spec(net), []
+    t, files = run.spec(net), {k: [] for k in pipeline.DETECTOR_FILES}
     for layer in t["layers"]:
         inputs = {k: run.acts(net, k) for k in ("train", "test", "outliers", "heldout")}
-        pt, js = tmp / f"{layer}.pt", tmp / f"{layer}.json"
-        pipeline.train_detector(t, layer, inputs, {k: v for k, v in settings.items() if k != "fpr95"}, str(pt),
-                                str(js), device="cpu")
-        dets.append((str(pt), str(js)))
+        paths = [str(tmp / f"{layer}.{ext}") for ext in ("pt", "json", "npz")]
+        pipeline.train_detector(t, layer, inputs, {k: v for k, v in settings.items() if k != "fpr95"}, *paths[:2],
+                                device="cpu", out_npz=paths[2])
+        for k, p in zip(pipeline.DETECTOR_FILES, paths):
+            files[k].append(p)
+    pipeline.detector_index(t, files, str(tmp / "detectors.json"))
     frames = []
     for src in sources:
         inputs = {"src_test": run.acts(src, "test"), "tgt_test": run.acts(net, "test"),
-                  "tgt_heldout": run.acts(net, "heldout"), "detectors": [d[0] for d in dets],
-                  "detector_specs": [d[1] for d in dets],
+                  "detectors": str(tmp / "detectors.json"),
                   "stitches": {m: str(run.r / "stitching" / run.ds / m / f"{src}__{net}.pt") for m in methods}}
         outs = {m: (str(tmp / f"{src}_{m}.csv"), str(tmp / f"{src}_{m}.npz")) for m in methods}
         pipeline.ood_pair(run.spec(src), t, inputs, outs, device="cpu", fpr_rule=settings["fpr95"])

@@ -5,9 +5,7 @@ from stitchlib import pipeline
 
 def job(sm):
     methods = sm.params.methods
-    lists = ("detectors", "detector_specs", "detector_energies")
-    inputs = {k: v for k, v in sm.input.items() if k not in (*lists, "stitches")}
-    inputs.update({k: list(sm.input[k]) for k in lists})
+    inputs = {k: v for k, v in sm.input.items() if k != "stitches"}
     inputs["stitches"] = dict(zip(methods, sm.input.stitches))
     outputs = {m: (csv, npz) for m, csv, npz in zip(methods, sm.output.csv, sm.output.npz)}
     pipeline.ood_pair(sm.params.src, sm.params.tgt, inputs, outputs, device=sm.params.device,
