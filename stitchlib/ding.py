@@ -103,13 +103,23 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 # ----------------------------------------------------------------------------- statistics
 
+RANK_TIE_RTOL = 1e-12  # values this close (relative to the largest) are one rank: float64 rounding is no order
+
+
+def _ties(x: np.ndarray) -> np.ndarray:
+    """``x`` on a grid of RANK_TIE_RTOL × max|x|: values that differ by rounding alone (an index of 1 − 1e-16 and
+    one of exactly 1, as a low-rank approximation that keeps the whole layer gives) become ties."""
+    scale = np.abs(x).max() if len(x) else 0.0
+    return np.round(x / (scale * RANK_TIE_RTOL)) if scale > 0 else x
+
+
 def rank_correlations(functional: Iterable[float], dissimilarity: Iterable[float]) -> dict[str, float]:
     """Kendall's τ (τ-b) and Spearman's ρ between functional distance and dissimilarity, with one-sided
-    p-values for a positive correlation (scipy). Pairs with a NaN are dropped; fewer than 3 pairs, or a
-    constant side, gives NaN (never significant)."""
+    p-values for a positive correlation (scipy). Values equal up to :data:`RANK_TIE_RTOL` are ties. Pairs with a
+    NaN are dropped; fewer than 3 pairs, or a constant side, gives NaN (never significant)."""
     f, d = np.asarray(list(functional), float), np.asarray(list(dissimilarity), float)
     ok = np.isfinite(f) & np.isfinite(d)
-    f, d = f[ok], d[ok]
+    f, d = _ties(f[ok]), _ties(d[ok])
     out = {"tau": math.nan, "tau_p": math.nan, "rho": math.nan, "rho_p": math.nan, "n": int(ok.sum())}
     if len(f) < 3 or np.ptp(f) == 0 or np.ptp(d) == 0:
         return out

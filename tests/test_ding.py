@@ -38,6 +38,18 @@ def test_anticorrelation_is_not_significant_one_sided():
     assert r["tau"] == pytest.approx(-1) and r["tau_p"] > 0.99
 
 
+def test_values_equal_up_to_rounding_are_ties():
+    """A low-rank approximation that keeps the whole layer has dissimilarity 0 up to rounding (1e-16 or exactly 0,
+    as the factorisation falls): those are ties, not an order, so τ does not move with the rounding."""
+    f = np.array([0.0025, 0.0025, 0.0025, 0.0025, 0.0, 0.005, 0.0227, 0.181, 0.388])
+    d = np.array([0.25, 0.45, 0.71, 0.85])
+    noisy = [np.concatenate([np.array(z) * 1e-16, d]) for z in ([0, 1, 0, 0, 1], [2, 1, 0, 7, 1])]
+    a, b = (ding.rank_correlations(f, x) for x in noisy)
+    exact = ding.rank_correlations(f, np.concatenate([np.zeros(5), d]))
+    assert a["tau"] == b["tau"] == exact["tau"] and a["rho"] == b["rho"] == exact["rho"]
+    assert ding.rank_correlations(f, np.concatenate([np.arange(5) * 1e-3, d]))["tau"] != exact["tau"]
+
+
 def test_constant_side_gives_nan_never_significant():
     r = ding.rank_correlations(np.arange(5.0), np.zeros(5))
     assert np.isnan(r["tau"]) and np.isnan(r["tau_p"])
