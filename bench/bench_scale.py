@@ -105,7 +105,7 @@ def measure(folder: Path) -> tuple[dict[str, float], dict[str, int]]:
     """Per rule: the largest peak memory (MB) its jobs logged and the bytes of the outputs it wrote."""
     peak: dict[str, float] = {}
     for log in (folder / "results" / "logs").rglob("*.log"):
-        rule = log.relative_to(folder / "results" / "logs").parts[0]
+        rule = log.relative_to(folder / "results" / "logs").parts[0].removesuffix(".log")  # top-level: table jobs
         found = re.findall(r"peak memory (\d+) MB", log.read_text())
         if found:
             peak[rule] = max(peak.get(rule, 0.0), float(found[-1]))
